@@ -1,0 +1,37 @@
+# Two set-up commands for a fresh machine (README.md): `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=25.1"
+	# A pinned torch first: the CPU build; an unpinned one would pull a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[server]" --group dev
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/personaloom run --out out
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Fast loop while developing: no slow (model-loading, end-to-end) tests.
+unit: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

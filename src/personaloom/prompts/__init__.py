@@ -1,0 +1,48 @@
+"""Prompt templates: one Jinja file per stage/expert in this package, rendered with `render()`.
+
+Untrusted text (persona attributes, conversations) goes into prompts only through the `quoted` and
+`persona_block` filters: each item becomes a JSON string literal inside a delimited block, so that
+instructions, fake "User 1:" lines or JSON inside a persona cannot change the prompt's structure.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+
+def quoted(text: str) -> str:
+    """One JSON string literal on one line: newlines, quotes and braces are escaped."""
+    return json.dumps(" ".join(str(text).split()), ensure_ascii=False)
+
+
+def persona_block(attributes: list[str]) -> str:
+    return "\n".join(f"- {quoted(a)}" for a in attributes)
+
+
+def _load(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["quoted"] = quoted
+    env.filters["persona_block"] = persona_block
+    return env
+
+
+def render(name: str, **variables: Any) -> str:
+    """Render prompts/<name> (e.g. "generator.j2") with the given variables."""
+    return _env().get_template(name).render(**variables).strip()
