@@ -9,12 +9,12 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import click
 import typer
 
-from personaloom.errors import NotBuiltError, PersonaloomError
+from personaloom.errors import PersonaloomError
 
 app = typer.Typer(
     name="personaloom",
@@ -24,26 +24,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML run configuration.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run directory (default: ./out).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML run configuration.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default: ./out).")]
 SeedDataOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--seed-data", help="Seed conversations/personas (Persona-Chat, SPC CSV, HF JSON, JSONL)."),
 ]
 BackendOpt = Annotated[
-    Optional[str], typer.Option("--backend", help="LLM backend: embedded (default), openai or fake.")
+    str | None, typer.Option("--backend", help="LLM backend: embedded (default), openai or fake.")
 ]
 ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", help="GGUF path (embedded) or model name (openai).")
+    str | None, typer.Option("--model", help="GGUF path (embedded) or model name (openai).")
 ]
 BaseUrlOpt = Annotated[
-    Optional[str], typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    str | None, typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
 ]
 SetOpt = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a setting: key=value (repeatable).")
+    list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
 
 
 def _flags(
@@ -81,12 +81,18 @@ def run(
     backend: BackendOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
-    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Pairs to generate for.")] = None,
-    candidates: Annotated[Optional[int], typer.Option("--candidates", help="Candidates per pair.")] = None,
-    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
-    critic: Annotated[Optional[str], typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
-    executor: Annotated[Optional[str], typer.Option("--executor", help="local (default) or ray.")] = None,
+    pairs: Annotated[int | None, typer.Option("--pairs", help="Pairs to generate for.")] = None,
+    candidates: Annotated[int | None, typer.Option("--candidates", help="Candidates per pair.")] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
+    critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print expected calls/tokens; pay nothing.")] = False,
+    price_in: Annotated[
+        float | None, typer.Option("--price-in", help="With --dry-run: price per million prompt tokens.")
+    ] = None,
+    price_out: Annotated[
+        float | None, typer.Option("--price-out", help="With --dry-run: price per million completion tokens.")
+    ] = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -104,7 +110,12 @@ def run(
             "executor": executor,
         },
     )
-    pipeline.run(cfg, until="all", dry_run=dry_run)
+    if dry_run:
+        from personaloom.estimate import print_estimate
+
+        print_estimate(cfg, price_in, price_out)
+        return
+    pipeline.run(cfg, until="all")
 
 
 @app.command()
@@ -116,7 +127,7 @@ def expand(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     new_attributes: Annotated[
-        Optional[int], typer.Option("--new-attributes", help="Target number of new attributes.")
+        int | None, typer.Option("--new-attributes", help="Target number of new attributes.")
     ] = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
@@ -138,7 +149,7 @@ def profiles(
     backend: BackendOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
-    n_profiles: Annotated[Optional[int], typer.Option("--profiles", help="Profiles to build.")] = None,
+    n_profiles: Annotated[int | None, typer.Option("--profiles", help="Profiles to build.")] = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -159,9 +170,9 @@ def pair(
     backend: BackendOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
-    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="Most pairs to make.")] = None,
+    max_pairs: Annotated[int | None, typer.Option("--max-pairs", help="Most pairs to make.")] = None,
     keep_seed_pairs: Annotated[
-        Optional[bool], typer.Option("--keep-seed-pairs/--no-keep-seed-pairs", help="Keep the seed data's pairs.")
+        bool | None, typer.Option("--keep-seed-pairs/--no-keep-seed-pairs", help="Keep the seed data's pairs.")
     ] = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
@@ -183,10 +194,10 @@ def generate(
     backend: BackendOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
-    pairs: Annotated[Optional[int], typer.Option("--pairs", help="Pairs to generate for.")] = None,
-    candidates: Annotated[Optional[int], typer.Option("--candidates", help="Candidates per pair.")] = None,
-    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
-    critic: Annotated[Optional[str], typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
+    pairs: Annotated[int | None, typer.Option("--pairs", help="Pairs to generate for.")] = None,
+    candidates: Annotated[int | None, typer.Option("--candidates", help="Candidates per pair.")] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
+    critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -210,19 +221,23 @@ def generate(
 def evaluate(
     data: Annotated[str, typer.Option("--data", help="Run directory or dataset file to evaluate.")],
     reference: Annotated[
-        Optional[str], typer.Option("--reference", help="Human-written reference data (any readable format).")
+        str | None, typer.Option("--reference", help="Human-written reference data (any readable format).")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where metrics.json and report.html go.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where metrics.json and report.html go.")] = None,
     judge: Annotated[
-        Optional[str], typer.Option("--judge", "--judge-backend", help="embedded, openai, fake or none.")
-    ] = None,
+        str, typer.Option("--judge", "--judge-backend", help="LLM judge: embedded, openai, fake or none.")
+    ] = "embedded",
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Judge at most N conversations.")] = None,
-    seed: SeedOpt = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Judge at most N conversations (metrics always cover all).")
+    ] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Evaluate a dataset against human data: defects, diversity, hits@1, Turing and faithfulness tests."""
-    raise NotBuiltError("evaluate is not built yet")
+    from personaloom.pipeline import evaluate_command
+
+    evaluate_command(data, reference, out, judge, model, base_url, limit, seed)
 
 
 @app.command()
@@ -230,10 +245,10 @@ def convert(
     src: Annotated[Path, typer.Argument(help="Input file (ParlAI text, HF JSON, SPC CSV, JSONL).")],
     dst: Annotated[Path, typer.Argument(help="Output file or directory.")],
     to: Annotated[
-        Optional[str], typer.Option("--to", help="jsonl, spc-csv, parlai or hf (default: from OUT's extension).")
+        str | None, typer.Option("--to", help="jsonl, spc-csv, parlai or hf (default: from OUT's extension).")
     ] = None,
     fmt: Annotated[
-        Optional[str], typer.Option("--format", help="Input format override: parlai, hf-json, spc-csv, jsonl.")
+        str | None, typer.Option("--format", help="Input format override: parlai, hf-json, spc-csv, jsonl.")
     ] = None,
     candidates: Annotated[
         int, typer.Option("--candidates", help="ParlAI output: distractor candidates per turn.")
@@ -250,18 +265,31 @@ def convert(
 @app.command()
 def annotate(
     data: Annotated[str, typer.Option("--data", help="Run directory or dataset file.")],
-    reference: Annotated[Optional[str], typer.Option("--reference", help="Human-written reference data.")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Human-written reference data.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where annotations.sqlite goes (default: the run dir, or beside the file)."),
+    ] = None,
+    raters: Annotated[int, typer.Option("--raters", help="Raters per item (one link each).")] = 3,
+    items: Annotated[int, typer.Option("--items", help="Items in all (half Turing, half faithfulness).")] = 20,
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    show_results: Annotated[bool, typer.Option("--results", help="Print the results so far and exit.")] = False,
+    csv: Annotated[Path | None, typer.Option("--csv", help="With --results: also export answers as CSV.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for item selection.")] = 0,
 ) -> None:
     """Human-evaluation web app (Turing and faithfulness tests with real raters)."""
-    raise NotBuiltError("annotate is not built yet")
+    from personaloom.annotate.command import annotate_command
+
+    annotate_command(data, reference, out, raters, items, host, port, show_results, csv, seed)
 
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Rebuild report.html for a run directory."""
-    raise NotBuiltError("report is not built yet")
+    from personaloom.evaluate.suite import build_report
+
+    typer.echo(f"wrote {build_report(run_dir)}")
 
 
 def main(argv: list[str] | None = None) -> None:

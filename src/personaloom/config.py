@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from personaloom.errors import ConfigError
 from personaloom.records import Record
@@ -27,6 +27,11 @@ class BackendConfig(Record):
     concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    # Exponential backoff with jitter between retries: base * 2**attempt, capped (Retry-After wins).
+    retry_base_s: float = Field(0.5, ge=0)
+    retry_max_s: float = Field(20.0, ge=0)
+    # Structured output without server support: how many times to re-ask for valid JSON.
+    reask: int = Field(2, ge=0)
     # auto: response_format json_schema, falling back to prompt + parse + re-ask if the server refuses it.
     structured_output: Literal["auto", "response_format", "prompt"] = "auto"
     n_ctx: int = 4096
@@ -47,43 +52,73 @@ class EmbedConfig(Record):
 
 
 class ExpandConfig(Record):
+    # Agglomerative clustering (cosine, average linkage) merges clusters closer than this distance.
     cluster_distance_threshold: float = 0.6
-    # Above this many attributes agglomerative clustering (O(n²)) gives way to a scalable method.
-    agglomerative_max: int = 20000
-    questions_per_cluster: int = 1
+    # Above this many attributes agglomerative clustering (O(n²) memory: 400 MB at 10k) gives way to
+    # leader clustering on an HNSW index (stages/query_induction.py).
+    agglomerative_max: int = Field(10000, ge=2)
+    attributes_per_question: int = Field(3, ge=1)
+    questions_per_cluster: int = Field(1, ge=1)
     max_clusters_for_questions: int | None = 40
-    bootstrap_steps: int = 3
+    bootstrap_steps: int = Field(3, ge=0)
+    questions_per_step: int = Field(5, ge=1)
     question_dedup_threshold: float = 0.85
-    new_attributes: int = 20
-    # A new attribute is kept only if its max cosine to every kept attribute is below this.
-    novelty_threshold: float = 0.8
-    max_attempts_factor: int = 4
-    max_words: int = 20
+    new_attributes: int = Field(20, ge=0)
+    # A new attribute is kept only if its max cosine to every kept attribute is below this
+    # (rationale and measurements: stages/persona_bootstrap.py).
+    novelty_threshold: float = 0.85
+    max_attempts_factor: int = Field(4, ge=1)
+    max_words: int = Field(20, ge=3)
+    persona_size: int = Field(3, ge=1)
+    # Answer requests sent at once (more when many attributes are still missing).
+    bootstrap_batch: int = Field(32, ge=1)
+    question_max_tokens: int = Field(32, ge=4)
+    bootstrap_max_tokens: int = Field(96, ge=8)
+    answer_max_tokens: int = Field(32, ge=4)
 
 
 class ProfilesConfig(Record):
-    profiles: int = 8
+    profiles: int = Field(8, ge=0)
     size: int = Field(5, ge=1)
+    # A candidate whose cosine to an attribute already in the profile exceeds this is redundant.
     redundancy_threshold: float = 0.9
+    # Inconsistency judge: "llm" (yes/no, structured output), "cross-encoder" (an NLI CrossEncoder from
+    # the local path nli_model), or "none".
     nli: Literal["llm", "cross-encoder", "none"] = "llm"
     nli_model: str | None = None
-    max_tries_factor: int = 10
+    # Candidates tried per profile: size * max_tries_factor; a profile still short is dropped.
+    max_tries_factor: int = Field(10, ge=1)
+    negation_max_tokens: int = Field(32, ge=4)
+    nli_max_tokens: int = Field(16, ge=4)
 
 
 class PairConfig(Record):
-    max_pairs: int = 6
-    threshold: int = 2
-    max_uses: int = 1
+    max_pairs: int = Field(6, ge=0)
+    # Similarity = attribute pairs (one from each profile) in the same cluster; pairs need at least this.
+    threshold: int = Field(2, ge=0)
+    max_uses: int = Field(1, ge=1)
     keep_seed_pairs: bool = False
+    # Most similar partners kept per profile when collecting candidates (bounds memory at 100k+).
+    candidates_per_profile: int = Field(50, ge=1)
 
 
 class GenerateConfig(Record):
     pairs: int = 6
     candidates: int = Field(3, ge=1)
     iterations: int = Field(3, ge=1)
-    few_shot: int = 5
-    min_utterances: int = 6
-    max_tokens: int = 400
+    few_shot: int = Field(5, ge=0)
+    min_utterances: int = Field(6, ge=1)
+    max_tokens: int = Field(400, ge=16)
+    # Few-shot examples as chat turns (user: profiles, assistant: conversation) or inline in one message.
+    fewshot_style: Literal["turns", "inline"] = "turns"
+    # Cap on the turns shown per few-shot example (prompt length on small context windows); None = all.
+    example_max_turns: int | None = Field(12, ge=2)
+    # Sampling overrides for the generator only (None = the run's sampling section).
+    temperature: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    # Keep a reply's utterances up to its first defect (small models loop until max_tokens); the cut is
+    # recorded and the format expert still judges the rest. False = judge the whole reply as written.
+    trim: bool = True
 
 
 class ExpertConfig(Record):
@@ -101,7 +136,23 @@ def _default_experts() -> dict[str, ExpertConfig]:
 class CriticConfig(Record):
     mode: Literal["pairwise", "listwise"] = "pairwise"
     experts: dict[str, ExpertConfig] = Field(default_factory=_default_experts)
-    max_tokens: int = 160
+    max_tokens: int = Field(160, ge=16)
+    # Pairwise: judge each comparison in both orders (A,B) and (B,A) to cancel position bias (2x calls);
+    # otherwise one order per comparison, chosen at random per expert so the bias spreads evenly.
+    both_orders: bool = False
+    # Run faithfulness/toxicity first and compare only the survivors (fewer calls, less concurrency).
+    filter_first: bool = False
+    # A judge that cannot be parsed abstains; with this set, an abstaining filter expert rejects.
+    reject_on_abstain: bool = False
+
+    @field_validator("experts")
+    @classmethod
+    def _known_experts(cls, value: dict[str, ExpertConfig]) -> dict[str, ExpertConfig]:
+        known = ("depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity")
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown expert(s) {unknown}; known: {list(known)}")
+        return value
 
 
 class RunConfig(Record):
@@ -123,7 +174,8 @@ class RunConfig(Record):
 def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
+        # ValueError: a scalar YAML types but cannot build, e.g. the date 2001-02-30
         return text
 
 
@@ -161,6 +213,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}{line}: {problem}") from None
+    except (ValueError, RecursionError) as exc:
+        # PyYAML raises these for values it recognises but cannot build (the date 2001-02-30, deep nesting)
+        detail = " ".join(str(exc).split())[:80] or type(exc).__name__
+        raise ConfigError(f"{p}: invalid YAML value ({detail})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -12,6 +12,7 @@ Prefixes are recognised by parsing, never by cutting a fixed number of character
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -66,7 +67,7 @@ def turn_defects(turns: list[Turn]) -> list[str]:
         found.append("empty")
     if any(has_placeholder(t.text) for t in turns):
         found.append("placeholders")
-    if any(a.speaker == b.speaker for a, b in zip(turns, turns[1:], strict=False)):
+    if any(a.speaker == b.speaker for a, b in itertools.pairwise(turns)):
         found.append("same_speaker")
     return found
 

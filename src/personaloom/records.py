@@ -24,6 +24,12 @@ class Attribute(Record):
     cluster: int | None = None
 
 
+class Question(Record):
+    """A persona question from query induction ("What pets do you have?")."""
+
+    text: str
+
+
 class Profile(Record):
     """A user profile: a consistent set of attributes (texts, with their attribute ids)."""
 

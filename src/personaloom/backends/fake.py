@@ -8,6 +8,8 @@ Never the only proof that a feature works: the same tests run against the real b
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -68,3 +70,74 @@ class FakeBackend(Backend):
                 )
             )
         return results
+
+
+# -- a plausible scripted model, for `--backend fake` demos and pipeline tests ----------------------
+# Structured requests get a valid instance of their JSON schema; free-text requests get stage-shaped
+# text (questions, "I ..." answers, negations, alternating "User 1/2:" dialogue). Deterministic per request.
+
+_BENIGN = ("no", "faithful", "safe", "non-toxic")
+_QUESTIONS = (
+    "What pets do you have?", "Where did you grow up?", "What do you do for a living?",
+    "What is your favourite food?", "What music do you listen to?", "How do you spend your weekends?",
+    "What sport do you play?", "Where would you like to travel?", "What are you afraid of?",
+    "What did you study?", "What is your dream job?", "Who do you live with?",
+)
+_SUBJECTS = ("I collect", "I grow", "I repair", "I paint", "I study", "My sister sells", "I teach", "My dad builds",
+             "I photograph", "I cook", "I write about", "My neighbour restores")
+_OBJECTS = ("old maps", "tomato plants", "vintage radios", "mountain birds", "jazz records", "sourdough bread",
+            "wooden boats", "desert cacti", "chess openings", "street murals", "antique clocks", "river stones",
+            "paper lanterns", "board games", "folk songs", "electric bikes")
+_LINES = (
+    "Hi there, how has your week been?", "Pretty busy, but good. I spent most of it outdoors.",
+    "That sounds nice. What were you doing outside?", "Mostly gardening, my tomatoes finally came in.",
+    "I wish I had the patience for plants. I mostly fix things around the house.",
+    "Fixing things is a useful skill. What are you working on now?",
+    "An old radio I found at a market. It almost works.", "That is impressive. Do you listen to music on it?",
+    "Jazz, mostly. It feels right on an old radio.", "I like that. I should try it with my records sometime.",
+    "You have records too? Which ones do you play most?", "Some folk albums my parents left me.",
+)
+
+
+def _schema_instance(schema: dict[str, object], rnd: random.Random) -> object:
+    kind = schema.get("type")
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        benign = [v for v in enum if v in _BENIGN]
+        return benign[0] if benign else rnd.choice(enum)
+    if kind == "object":
+        props = schema.get("properties")
+        props = props if isinstance(props, dict) else {}
+        return {k: _schema_instance(v if isinstance(v, dict) else {}, rnd) for k, v in props.items()}
+    if kind == "array":
+        items = schema.get("items")
+        items = items if isinstance(items, dict) else {}
+        n = schema.get("minItems")
+        n = n if isinstance(n, int) else 1
+        values = items.get("enum")
+        if isinstance(values, list) and len(values) >= n:
+            picked = list(values)
+            rnd.shuffle(picked)
+            return picked[:n]
+        return [_schema_instance(items, rnd) for _ in range(n)]
+    if kind == "boolean":
+        return False
+    if kind in ("integer", "number"):
+        return 1
+    return "It reads naturally and fits both profiles."
+
+
+def demo_responder(request: ChatRequest) -> str:
+    rnd = random.Random(f"{request.params.seed}|{request.messages[-1].content}")
+    if request.json_schema is not None:
+        return json.dumps(_schema_instance(request.json_schema, rnd))
+    stage = request.stage
+    if stage == "expand.queries":
+        return "\n".join(rnd.sample(_QUESTIONS, 4))
+    if stage == "expand.bootstrap":
+        return f"{rnd.choice(_SUBJECTS)} {rnd.choice(_OBJECTS)}."
+    if stage == "profiles.negation":
+        return "I do not " + rnd.choice(_OBJECTS) + "."
+    start = rnd.randrange(0, 3)
+    lines = _LINES[start : start + 8 + rnd.randrange(0, 3)]
+    return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))

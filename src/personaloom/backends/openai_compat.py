@@ -1,0 +1,509 @@
+"""The `openai` backend: any OpenAI-compatible chat server (vLLM, SGLang, Ollama, llama.cpp, OpenAI).
+
+In: `BackendConfig` (base_url, model, api_key_env, concurrency, timeout_s, max_retries, retry_base_s,
+retry_max_s, structured_output, reask) and `ChatRequest`s. Out: one `ChatResult` per request.
+
+Transport faults (429, 408/409, 5xx, timeouts, dropped connections, truncated or invalid JSON bodies)
+are retried here with exponential backoff and jitter, honouring Retry-After; the `openai` client's own
+retries are off so there is one retry policy. A request that still fails becomes `ChatResult.error`.
+A server that refuses connections after all retries raises `BackendError` naming the URL and the
+setting: nothing else can succeed, so the run stops (finished work is already in the cache).
+
+Structured output: response_format json_schema (OpenAI, vLLM, SGLang, Ollama), then json_object + schema
+(llama-cpp-python's server), then the schema in the prompt; a server's 4xx on one form moves to the
+next, and the form that worked is remembered. Replies that are not valid JSON of the schema are re-asked
+a bounded number of times.
+
+The API key is read from os.environ[cfg.api_key_env] only, and never appears in reprs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import openai
+
+from personaloom.backends import gather_all
+from personaloom.backends.base import Backend, ChatRequest, ChatResult, Message, Usage
+from personaloom.config import BackendConfig
+from personaloom.errors import BackendError, ConfigError
+from personaloom.prompts import render
+
+Mode = Literal["json_schema", "json_object", "prompt"]
+_MODES: tuple[Mode, ...] = ("json_schema", "json_object", "prompt")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# A placeholder for loopback servers that need no key (llama.cpp, vLLM without --api-key).
+LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
+_RETRY_STATUS = {408, 409, 425, 429}
+
+
+def is_loopback(url: str) -> bool:
+    host = (urlparse(url).hostname or "").lower()
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+class _Retryable(Exception):
+    """A transport-level failure worth another try (the message is key-free)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, refused: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.refused = refused
+
+
+class _Rejected(Exception):
+    """A 4xx answer: retrying the same request will not help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------- JSON schema checking (a small subset)
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def schema_problem(value: Any, schema: dict[str, Any], where: str = "$") -> str | None:
+    """First way `value` breaks `schema` (type, enum, properties, required, items, sizes, anyOf) or None."""
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            options = [s for s in schema[key] if isinstance(s, dict)]
+            if options and all(schema_problem(value, s, where) for s in options):
+                return f"{where} matches none of the allowed forms"
+    expected = schema.get("type")
+    if expected is not None:
+        names = expected if isinstance(expected, list) else [expected]
+        ok = False
+        for name in names:
+            types = _TYPES.get(str(name))
+            if types is None:
+                ok = True  # a type we do not check
+            elif isinstance(value, types) and not (isinstance(value, bool) and name in ("integer", "number")):
+                ok = True
+        if not ok:
+            return f"{where} should be of type {expected}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{where} should be one of {schema['enum']}"
+    if "const" in schema and value != schema["const"]:
+        return f"{where} should be {schema['const']!r}"
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for name in schema.get("required") or []:
+            if name not in value:
+                return f"{where} misses the field {name!r}"
+        for name, sub in props.items():
+            if name in value and isinstance(sub, dict):
+                problem = schema_problem(value[name], sub, f"{where}.{name}")
+                if problem:
+                    return problem
+        if schema.get("additionalProperties") is False:
+            extra = sorted(set(value) - set(props))
+            if extra:
+                return f"{where} has unexpected fields {extra}"
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < int(schema["minItems"]):
+            return f"{where} needs at least {schema['minItems']} items"
+        if "maxItems" in schema and len(value) > int(schema["maxItems"]):
+            return f"{where} allows at most {schema['maxItems']} items"
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for i, item in enumerate(value):
+                problem = schema_problem(item, items, f"{where}[{i}]")
+                if problem:
+                    return problem
+    return None
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON value in `text` (bare, or inside prose or a ``` fence); ValueError if none."""
+    stripped = text.strip()
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(stripped):
+        if ch in "{[":
+            try:
+                value, _ = decoder.raw_decode(stripped, i)
+            except ValueError:
+                continue
+            return value
+    raise ValueError("no JSON value found")
+
+
+def check_structured(text: str, schema: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(normalized JSON text, None) when `text` holds JSON valid for `schema`, else (None, problem)."""
+    try:
+        value = extract_json(text)
+    except ValueError:
+        return None, "not JSON"
+    problem = schema_problem(value, schema)
+    if problem:
+        return None, problem
+    return json.dumps(value, ensure_ascii=False), None
+
+
+# ---------------------------------------------------------------- the backend
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """Whether a connection error is "nothing listens there" (httpx's or httpx2's ConnectError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == "ConnectError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        if not cfg.model:
+            raise ConfigError(
+                "setting backend.model: the openai backend needs the server's model name (--model)"
+            )
+        self.cfg = cfg
+        self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            if not is_loopback(self.base_url):
+                raise ConfigError(
+                    f"environment variable {cfg.api_key_env} is not set: export the API key for "
+                    f"{self.base_url} (setting backend.api_key_env names the variable)"
+                )
+            key = LOCAL_PLACEHOLDER_KEY
+        self.__key = key
+        self.max_concurrency = cfg.concurrency
+        # OpenAI's own API rejects top_k; every other OpenAI-compatible server takes it in the body.
+        self._send_top_k = not (urlparse(self.base_url).hostname or "").endswith("openai.com")
+        self._mode: Mode = "prompt" if cfg.structured_output == "prompt" else "json_schema"
+        self._client: openai.AsyncOpenAI | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jitter = random.Random()
+
+    @property
+    def model_id(self) -> str:
+        return str(self.cfg.model)
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.cfg.model!r})"
+
+    # -- plumbing
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.__key, "***") if self.__key else text
+
+    def _ensure_client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        # The HTTP connection pool and the semaphore belong to one event loop; `generate()` makes a
+        # new loop per call, so rebuild them when the loop changes.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._sem is None or self._loop is not loop:
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self.__key, max_retries=0, timeout=self.cfg.timeout_s
+            )
+            self._sem = asyncio.Semaphore(self.cfg.concurrency)
+            self._loop = loop
+        return self._client, self._sem
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.cfg.retry_max_s, self.cfg.retry_base_s * 2.0 ** (attempt - 1))
+        return cap * (0.5 + 0.5 * self._jitter.random())
+
+    def _body(self, request: ChatRequest, messages: list[Message], mode: Mode | None) -> dict[str, Any]:
+        p = request.params
+        body: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": [m.model_dump() for m in messages],
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
+        }
+        if p.stop:
+            body["stop"] = list(p.stop)
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.n > 1:
+            body["n"] = p.n
+        if self._send_top_k:
+            body["top_k"] = p.top_k
+        if request.json_schema is not None and mode == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": request.json_schema, "strict": False},
+            }
+        elif request.json_schema is not None and mode == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        return body
+
+    async def _post(self, body: dict[str, Any]) -> tuple[list[str], list[str], Usage]:
+        """One HTTP call. Raises _Retryable / _Rejected; returns (texts, finish reasons, usage).
+
+        Uses the client's generic `post` with the JSON body as built here (as `extra_body` would send
+        it) and parses the reply itself: the typed `chat.completions.create` spends ~1.5 ms of CPU per
+        call transforming parameters and building response models, which caps a 2-core machine at a
+        few hundred requests/s.
+        """
+        client, _ = self._ensure_client()
+        try:
+            raw = await client.post(
+                "/chat/completions", cast_to=str, body=body, options={"timeout": self.cfg.timeout_s}
+            )
+            data = json.loads(raw)
+        except openai.APITimeoutError:
+            raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s") from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__
+            refused = _is_refused(exc)
+            detail = type(cause).__name__ if cause is not None else "connection error"
+            raise _Retryable(f"connection failed ({detail})", refused=refused) from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            message = self._scrub(str(exc))[:300]
+            if "response_format" in body and "response_format" in message:
+                # Some servers (llama-cpp-python's) answer an unsupported response_format with a 500.
+                raise _Rejected(f"HTTP {status}: {message}", status) from None
+            if status in _RETRY_STATUS or status >= 500:
+                raise _Retryable(f"HTTP {status}: {message}", _retry_after(exc.response.headers)) from None
+            raise _Rejected(f"HTTP {status}: {message}", status) from None
+        except (ValueError, openai.APIResponseValidationError) as exc:
+            # A 200 whose body is cut short or is not JSON (json.JSONDecodeError is a ValueError).
+            raise _Retryable(f"invalid response body ({type(exc).__name__})") from None
+        try:
+            choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
+            texts = [str(c["message"].get("content") or "") for c in choices]
+            finishes = [str(c.get("finish_reason") or "stop") for c in choices]
+            usage = data.get("usage") or {}
+            tokens = Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise _Retryable(f"malformed response ({type(exc).__name__})") from None
+        if not texts:
+            raise _Retryable("response has no choices")
+        return texts, finishes, tokens
+
+    async def _post_with_retries(self, body: dict[str, Any]) -> tuple[list[str], list[str], Usage, int]:
+        attempt = 0
+        while True:
+            try:
+                texts, finishes, usage = await self._post(body)
+                return texts, finishes, usage, attempt
+            except _Retryable as exc:
+                attempt += 1
+                if attempt > self.cfg.max_retries:
+                    if exc.refused:
+                        raise BackendError(
+                            f"cannot reach the OpenAI-compatible server at {self.base_url} "
+                            f"(connection refused, {attempt} tries): is it running? "
+                            "Check --base-url (setting backend.base_url)"
+                        ) from None
+                    raise _Failed(f"{exc} (after {attempt} tries)", attempt - 1) from None
+                delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                await asyncio.sleep(min(delay, max(self.cfg.retry_max_s, 1.0) * 3))
+
+    # -- one request
+
+    def _modes(self, request: ChatRequest) -> list[Mode | None]:
+        if request.json_schema is None:
+            return [None]
+        if self.cfg.structured_output == "response_format":
+            return ["json_schema"]
+        if self.cfg.structured_output == "prompt":
+            return ["prompt"]
+        return list(_MODES[_MODES.index(self._mode) :])
+
+    @staticmethod
+    def _with_prompt_schema(request: ChatRequest) -> list[Message]:
+        schema = json.dumps(request.json_schema, ensure_ascii=False)
+        messages = list(request.messages)
+        for i in range(len(messages) - 1, -1, -1):
+            if messages[i].role == "user":
+                content = render("backend_json.j2", prompt=messages[i].content, schema=schema)
+                messages[i] = Message(role="user", content=content)
+                return messages
+        return [*messages, Message(role="user", content=render("backend_json.j2", prompt="", schema=schema))]
+
+    async def _complete(self, request: ChatRequest) -> ChatResult:
+        start = time.perf_counter()
+        retries = 0
+        rejected: _Rejected | None = None
+        for mode in self._modes(request):
+            messages = self._with_prompt_schema(request) if mode == "prompt" else list(request.messages)
+            try:
+                body = self._body(request, messages, mode)
+                texts, finishes, usage, tries = await self._post_with_retries(body)
+            except _Rejected as exc:
+                rejected = exc
+                continue  # maybe the server refuses this structured-output form: try the next one
+            except _Failed as exc:
+                elapsed = time.perf_counter() - start
+                return ChatResult(error=str(exc), retries=retries + exc.retries, latency_s=elapsed)
+            retries += tries
+            if mode is not None and mode != self._mode and _MODES.index(mode) > _MODES.index(self._mode):
+                self._mode = mode  # remember: the server rejected the stronger forms
+            if len(texts) < request.params.n:
+                # The server ignored n (llama-cpp-python's does): ask for the rest one by one.
+                try:
+                    texts, finishes, usage, extra = await self._fill_n(request, messages, mode, texts, finishes, usage)
+                except (_Failed, _Rejected) as exc:
+                    elapsed = time.perf_counter() - start
+                    spent = retries + (exc.retries if isinstance(exc, _Failed) else 0)
+                    return ChatResult(error=str(exc), retries=spent, latency_s=elapsed)
+                retries += extra
+            if request.json_schema is not None:
+                texts, finishes, usage, extra = await self._ensure_structured(
+                    request, messages, mode, texts, finishes, usage
+                )
+                retries += extra
+            finish = "length" if "length" in finishes else finishes[0]
+            return ChatResult(
+                texts=texts, usage=usage, finish_reason=finish, retries=retries,
+                latency_s=time.perf_counter() - start,
+            )
+        assert rejected is not None
+        return ChatResult(error=str(rejected), retries=retries, latency_s=time.perf_counter() - start)
+
+    async def _fill_n(
+        self,
+        request: ChatRequest,
+        messages: list[Message],
+        mode: Mode | None,
+        texts: list[str],
+        finishes: list[str],
+        usage: Usage,
+    ) -> tuple[list[str], list[str], Usage, int]:
+        texts, finishes = list(texts), list(finishes)
+        completion_tokens, retries = usage.completion_tokens, 0
+        seed = request.params.seed
+        while len(texts) < request.params.n:
+            i = len(texts)
+            params = request.params.model_copy(
+                update={"n": 1, "seed": (seed + i) & 0x7FFFFFFF if seed is not None else None}
+            )
+            more = request.model_copy(update={"params": params})
+            new_texts, new_finishes, new_usage, tries = await self._post_with_retries(
+                self._body(more, messages, mode)
+            )
+            texts.append(new_texts[0])
+            finishes.append(new_finishes[0])
+            completion_tokens += new_usage.completion_tokens
+            retries += tries
+        return texts, finishes, Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=completion_tokens), retries
+
+    async def _ensure_structured(
+        self,
+        request: ChatRequest,
+        messages: list[Message],
+        mode: Mode | None,
+        texts: list[str],
+        finishes: list[str],
+        usage: Usage,
+    ) -> tuple[list[str], list[str], Usage, int]:
+        """Normalize each text to valid JSON of the schema, re-asking (n=1) for those that are not."""
+        assert request.json_schema is not None
+        schema = request.json_schema
+        schema_text = json.dumps(schema, ensure_ascii=False)
+        extra_calls = 0
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        texts, finishes = list(texts), list(finishes)
+        single = request.model_copy(update={"params": request.params.model_copy(update={"n": 1})})
+        for i, text in enumerate(texts):
+            good, problem = check_structured(text, schema)
+            history = list(messages)
+            for _ in range(self.cfg.reask):
+                if good is not None:
+                    break
+                reask = render("backend_json_reask.j2", problem=problem, schema=schema_text)
+                history += [Message(role="assistant", content=text), Message(role="user", content=reask)]
+                try:
+                    new_texts, new_finishes, new_usage, tries = await self._post_with_retries(
+                        self._body(single, history, mode)
+                    )
+                except (_Failed, _Rejected):
+                    break
+                extra_calls += 1 + tries
+                prompt_tokens += new_usage.prompt_tokens
+                completion_tokens += new_usage.completion_tokens
+                text, finishes[i] = new_texts[0], new_finishes[0]
+                good, problem = check_structured(text, schema)
+            # Still not valid after the re-asks: keep the raw text; the stage records a parse Failure.
+            texts[i] = good if good is not None else text
+        total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return texts, finishes, total, extra_calls
+
+    async def _one(self, request: ChatRequest) -> ChatResult:
+        _, sem = self._ensure_client()
+        async with sem:
+            return await self._complete(request)
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        return await gather_all(self._one(r) for r in requests)
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        async def go() -> list[ChatResult]:
+            try:
+                return await self.agenerate(requests)
+            finally:
+                await self.aclose()  # the connections belong to this loop, which ends here
+
+        return asyncio.run(go())
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the current event loop; the backend stays usable (a later call
+        opens new ones)."""
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.close()
+
+
+class _Failed(Exception):
+    """All retries spent on one request (becomes ChatResult.error)."""
+
+    def __init__(self, message: str, retries: int) -> None:
+        super().__init__(message)
+        self.retries = retries

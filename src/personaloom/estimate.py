@@ -1,0 +1,129 @@
+"""`personaloom run --dry-run`: expected LLM calls, tokens and cost per stage, before anything is paid.
+
+In: a resolved RunConfig (and, when the run directory already has one, its stats.json, whose measured
+tokens per call replace the built-in guesses). Out: a table on stderr and the same numbers as a dict.
+Call counts follow the stages' structure; counts that depend on the model (how many bootstrap answers
+are rejected, how many profile candidates are judged) use stated rates.
+"""
+
+from __future__ import annotations
+
+import json
+from math import comb
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from personaloom.config import RunConfig
+
+QUALITY = ("depth", "coherency", "consistency", "diversity", "likeability")
+# (prompt, completion) tokens per call when nothing was measured yet: SmolLM2-sized prompts.
+DEFAULT_TOKENS: dict[str, tuple[int, int]] = {
+    "expand.queries": (160, 24),
+    "expand.bootstrap": (140, 20),
+    "profiles.negation": (90, 16),
+    "profiles.nli": (130, 8),
+    "generate": (1400, 300),
+    "critic": (900, 60),
+}
+# Share of bootstrap answers that survive the filters and the novelty check (measured on SmolLM2).
+BOOTSTRAP_ACCEPT = 0.4
+# Candidate attributes judged per profile slot before one is accepted.
+NLI_TRIES_PER_SLOT = 1.5
+
+
+def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
+    ex, pr, ge, cr = config.expand, config.profiles, config.generate, config.critic
+    clusters = max(1, seed_attributes // 3)
+    if ex.max_clusters_for_questions is not None:
+        clusters = min(clusters, ex.max_clusters_for_questions)
+    calls: dict[str, float] = {
+        "expand.queries": clusters * ex.questions_per_cluster + ex.bootstrap_steps,
+        "expand.bootstrap": ex.new_attributes / BOOTSTRAP_ACCEPT,
+    }
+    if pr.nli == "llm":
+        calls["profiles.negation"] = pr.profiles * pr.size
+        calls["profiles.nli"] = pr.profiles * NLI_TRIES_PER_SLOT * comb(pr.size, 2)
+    pairs = min(ge.pairs, config.pair.max_pairs if not config.pair.keep_seed_pairs else ge.pairs)
+    c = ge.candidates
+    calls["generate"] = pairs * c
+
+    def on(name: str) -> bool:
+        expert = cr.experts.get(name)
+        return expert is None or expert.enabled
+
+    quality = sum(1 for q in QUALITY if on(q))
+    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f))
+    if cr.mode == "listwise":
+        per_pair = quality + filters * c
+    else:
+        per_pair = quality * comb(c, 2) * (2 if cr.both_orders else 1) + filters * c
+    calls["critic"] = pairs * per_pair
+    return calls
+
+
+def _measured(out: Path) -> dict[str, tuple[float, float]]:
+    """Per-call (prompt, completion) averages from a previous invocation's stats.json, by stage prefix."""
+    try:
+        stages = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    sums: dict[str, list[float]] = {}
+    for name, row in stages.items():
+        if not isinstance(row, dict):
+            continue
+        key = next((k for k in DEFAULT_TOKENS if name == k or name.startswith(k + ".")), None)
+        n = float(row.get("calls", 0)) + float(row.get("cache_hits", 0))
+        if key is None or n <= 0 or not row.get("calls"):
+            continue
+        acc = sums.setdefault(key, [0.0, 0.0, 0.0])
+        acc[0] += float(row.get("prompt_tokens", 0))
+        acc[1] += float(row.get("completion_tokens", 0))
+        acc[2] += float(row.get("calls", 0))
+    return {k: (v[0] / v[2], v[1] / v[2]) for k, v in sums.items() if v[2]}
+
+
+def estimate(
+    config: RunConfig, price_in: float | None = None, price_out: float | None = None
+) -> dict[str, Any]:
+    from personaloom.pipeline import load_seed_set
+
+    seed_attrs = len(load_seed_set(config.seed_data).attributes)
+    measured = _measured(Path(config.out))
+    rows: dict[str, dict[str, Any]] = {}
+    for stage, calls in expected_calls(config, seed_attrs).items():
+        p, c = measured.get(stage, DEFAULT_TOKENS[stage])
+        rows[stage] = {
+            "calls": round(calls),
+            "prompt_tokens": round(calls * p),
+            "completion_tokens": round(calls * c),
+            "tokens_per_call_source": "measured" if stage in measured else "default",
+        }
+    total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "completion_tokens")}
+    result: dict[str, Any] = {"stages": rows, "total": total}
+    if price_in is not None or price_out is not None:
+        cost = total["prompt_tokens"] / 1e6 * (price_in or 0.0) + total["completion_tokens"] / 1e6 * (
+            price_out if price_out is not None else (price_in or 0.0)
+        )
+        result["cost"] = round(cost, 4)
+    return result
+
+
+def print_estimate(config: RunConfig, price_in: float | None = None, price_out: float | None = None) -> dict[str, Any]:
+    result = estimate(config, price_in, price_out)
+    table = Table(title="Dry run: expected LLM work (nothing was paid)")
+    for col in ("stage", "calls", "prompt tokens", "completion tokens", "tokens/call from"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for stage, row in result["stages"].items():
+        table.add_row(stage, f"{row['calls']:,}", f"{row['prompt_tokens']:,}", f"{row['completion_tokens']:,}",
+                      row["tokens_per_call_source"])
+    t = result["total"]
+    table.add_row("total", f"{t['calls']:,}", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", "")
+    console = Console(stderr=False, highlight=False)
+    console.print(table)
+    if "cost" in result:
+        console.print(f"expected cost: ${result['cost']:,.2f}")
+    console.print("Cached calls are free: a resumed run pays only for what is not in cache.sqlite yet.")
+    return result

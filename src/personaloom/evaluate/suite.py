@@ -1,0 +1,182 @@
+"""The evaluation suite: a dataset (and human reference data) in, metrics.json and report.html out.
+
+In: `data`, a run directory (its conversations.jsonl; iterations/ and stats.json feed the critic plots)
+or any file the readers accept; an optional `reference` file; an optional LLM judge; an optional
+embedder for persona coverage. Out (in `out`):
+  metrics.json   the DESIGN.md §3 keys (conversations, defects, distinct_1, distinct_2, ir_hits_at_1)
+                 plus distinct_3, lengths, vocabulary, persona coverage, the same for the reference
+                 under "reference", ir_transfer["generated->reference"], and with a judge turing,
+                 faithfulness and toxicity (None when not run, with the reason under "notes")
+  report.html    see evaluate/report.py
+  judge/{turing,faithfulness,toxicity}.jsonl   every judge decision, when a judge ran
+`limit` caps the conversations sent to the judge (a seeded sample). Persona coverage embeds every
+utterance, the slowest step on a CPU, so it uses a seeded sample of COVERAGE_SAMPLE conversations per
+dataset (enough for a rate within about ±2 points); every other metric uses everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from personaloom.backends.base import LLMClient
+from personaloom.errors import InputError
+from personaloom.evaluate.faithfulness import run_faithfulness
+from personaloom.evaluate.metrics import deterministic_metrics, persona_coverage
+from personaloom.evaluate.report import load_run_info, write_report
+from personaloom.evaluate.retrieval import hits_at_1
+from personaloom.evaluate.turing import run_turing
+from personaloom.fsutil import atomic_open, atomic_write_text, ensure_dir
+from personaloom.records import Conversation
+from personaloom.rng import rng_for
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+COVERAGE_SAMPLE = 200
+
+
+def load_conversations(path: Path) -> list[Conversation]:
+    from personaloom.io import read_conversations
+
+    if path.is_dir():
+        target = path / "conversations.jsonl"
+        if not target.is_file():
+            raise InputError("not a run directory: no conversations.jsonl in it", path=path)
+        return read_conversations(target, "jsonl")
+    if not path.exists():
+        raise InputError("no such file or directory", path=path)
+    return read_conversations(path)
+
+
+def seeded_sample(convs: list[Conversation], limit: int | None, seed: int, *key: str) -> list[Conversation]:
+    """All conversations, or a sample of `limit` of them (seeded by `key`) in their original order."""
+    if limit is None or limit >= len(convs):
+        return list(convs)
+    picks = sorted(rng_for(seed, "evaluate", *key).sample(range(len(convs)), max(0, limit)))
+    return [convs[i] for i in picks]
+
+
+def judge_sample(convs: list[Conversation], limit: int | None, seed: int) -> list[Conversation]:
+    return seeded_sample(convs, limit, seed, "judge-sample")
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _dataset_metrics(convs: list[Conversation], embedder: Any | None, seed: int, name: str) -> dict[str, Any]:
+    m = deterministic_metrics(convs)
+    if embedder is not None:
+        sample = seeded_sample(convs, COVERAGE_SAMPLE, seed, "coverage", name)
+        m["persona_coverage"] = {**persona_coverage(sample, embedder), "conversations": len(sample)}
+    else:
+        m["persona_coverage"] = None
+    m["ir_hits_at_1"] = hits_at_1(convs, seed=seed, name=name)
+    return m
+
+
+async def evaluate(
+    data: str | Path,
+    reference: str | Path | None,
+    out: Path,
+    judge: LLMClient | None,
+    limit: int | None = None,
+    seed: int = 0,
+    embedder: Any | None = None,
+) -> dict[str, Any]:
+    """Compute every metric, write out/metrics.json and out/report.html, return the metrics."""
+    out = ensure_dir(Path(out))
+    data_path = Path(data)
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timing[name] = round(now - since, 3)
+        return now
+
+    convs = load_conversations(data_path)
+    ref = load_conversations(Path(reference)) if reference is not None else None
+    t = lap("read", started)
+    metrics: dict[str, Any] = _dataset_metrics(convs, embedder, seed, "data")
+    t = lap("data_metrics", t)
+    metrics["reference"] = None
+    metrics["ir_transfer"] = None
+    if ref is not None:
+        metrics["reference"] = _dataset_metrics(ref, embedder, seed, "reference")
+        # Same candidates as the reference's own score (same name), only the tf-idf weights differ.
+        metrics["ir_transfer"] = {"generated->reference": hits_at_1(ref, fit_on=convs, seed=seed, name="reference")}
+        t = lap("reference_metrics", t)
+
+    notes: dict[str, str] = {}
+    metrics["turing"] = metrics["faithfulness"] = metrics["toxicity"] = None
+    if judge is None:
+        notes = {k: "not run: no judge (--judge none)" for k in ("turing", "faithfulness", "toxicity")}
+    else:
+        sample = judge_sample(convs, limit, seed)
+        judge_dir = out / "judge"
+        if ref:
+            turing, t_items = await run_turing(sample, ref, judge, seed)
+            metrics["turing"] = turing
+            _write_jsonl(judge_dir / "turing.jsonl", (it.to_dict() for it in t_items))
+            t = lap("turing", t)
+        else:
+            notes["turing"] = "not run: needs --reference"
+        faith, f_items = await run_faithfulness(sample, convs, judge, seed)
+        metrics["faithfulness"] = faith
+        _write_jsonl(judge_dir / "faithfulness.jsonl", (it.to_dict() for it in f_items))
+        t = lap("faithfulness", t)
+        try:
+            from personaloom.evaluate.toxicity import run_toxicity
+        except ImportError as exc:  # the critic's expert is not importable: say so, keep the rest
+            notes["toxicity"] = f"not run: toxicity expert unavailable ({exc})"
+        else:
+            tox, verdicts = await run_toxicity(sample, judge, seed)
+            metrics["toxicity"] = tox
+            _write_jsonl(judge_dir / "toxicity.jsonl", (v.model_dump(mode="json") for v in verdicts))
+            t = lap("toxicity", t)
+        metrics["judged_conversations"] = len(sample)
+    metrics["notes"] = notes
+    metrics["source"] = {
+        "data": str(data_path),
+        "reference": str(reference) if reference is not None else None,
+        "seed": seed,
+        "limit": limit,
+        "judge": judge is not None,
+        "run_dir": str(data_path) if data_path.is_dir() else None,
+    }
+    timing["total"] = round(time.perf_counter() - started, 3)
+    metrics["timing"] = timing
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    run_info = load_run_info(data_path) if data_path.is_dir() else None
+    write_report(out / REPORT_FILE, metrics, run_info)
+    return metrics
+
+
+def build_report(run_dir: Path) -> Path:
+    """Rebuild run_dir/report.html from run_dir/metrics.json and the run's files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError("not a directory", path=run_dir)
+    metrics: dict[str, Any] = {}
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.is_file():
+        try:
+            loaded = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"not valid JSON ({exc})", path=metrics_path) from None
+        if not isinstance(loaded, dict):
+            raise InputError("expected a JSON object", path=metrics_path)
+        metrics = loaded
+    run_info = load_run_info(run_dir)
+    source_dir = (metrics.get("source") or {}).get("run_dir")
+    if run_info is None and isinstance(source_dir, str) and Path(source_dir).is_dir():
+        run_info = load_run_info(Path(source_dir))
+    if not metrics and run_info is None:
+        raise InputError("nothing to report: no metrics.json, stats.json or iterations/ in it", path=run_dir)
+    return write_report(run_dir / REPORT_FILE, metrics, run_info)

@@ -1,0 +1,91 @@
+"""A dataset card (README.md in the Hugging Face format) for a set of conversations.
+
+In: conversations, a title, the sources, and optionally the resolved run config and stats.json.
+Out: markdown with YAML front matter (licence, size category), counts (conversations, turns, unique
+personas and attributes, mean utterances, defects), sources, config, licence and how to load it.
+The text lives in prompts/dataset_card.j2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from personaloom.dialogue import DEFECT_KINDS
+from personaloom.fsutil import atomic_write_text
+from personaloom.prompts import render
+from personaloom.records import Conversation
+
+DEFAULT_LICENCE = "cc-by-4.0"
+
+
+def card_counts(conversations: Sequence[Conversation]) -> dict[str, Any]:
+    personas = {tuple(p) for c in conversations for p in (c.user1_persona, c.user2_persona) if p}
+    attributes = {a for c in conversations for a in (*c.user1_persona, *c.user2_persona)}
+    turns = sum(len(c.turns) for c in conversations)
+    defects: Counter[str] = Counter(k for c in conversations for k in set(c.defects))
+    return {
+        "conversations": len(conversations),
+        "turns": turns,
+        "mean_utterances": turns / len(conversations) if conversations else 0.0,
+        "unique_personas": len(personas),
+        "unique_attributes": len(attributes),
+        "with_defects": sum(1 for c in conversations if c.defects),
+        "defects": {k: defects[k] for k in DEFECT_KINDS if defects[k]},
+    }
+
+
+def _size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+    return next((label for bound, label in bounds if n < bound), "1M<n<10M")
+
+
+def dataset_card(
+    conversations: Sequence[Conversation],
+    *,
+    title: str,
+    sources: Sequence[str],
+    config: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None,
+    licence: str = DEFAULT_LICENCE,
+    data_dir: str = "dataset",
+) -> str:
+    counts = card_counts(conversations)
+    text = render(
+        "dataset_card.j2",
+        title=" ".join(title.split()) or "personaloom dataset",
+        licence=licence,
+        size_category=_size_category(counts["conversations"]),
+        counts=counts,
+        sources=list(sources),
+        config=config,
+        config_yaml=yaml.safe_dump(config, sort_keys=False).strip() if config else "",
+        stats=stats,
+        stats_json=json.dumps(stats, indent=2, sort_keys=True, default=str) if stats else "",
+        data_dir=data_dir,
+    )
+    return text + "\n"
+
+
+def write_dataset_card(
+    path: str | Path,
+    conversations: Sequence[Conversation],
+    *,
+    title: str,
+    sources: Sequence[str],
+    config: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None,
+    licence: str = DEFAULT_LICENCE,
+    data_dir: str = "dataset",
+) -> str:
+    """Write the card to `path` (atomically) and return its text."""
+    text = dataset_card(
+        conversations, title=title, sources=sources, config=config, stats=stats, licence=licence, data_dir=data_dir
+    )
+    atomic_write_text(path, text)
+    return text

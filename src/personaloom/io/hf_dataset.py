@@ -1,0 +1,97 @@
+"""Conversations -> a Hugging Face `datasets` directory (save_to_disk) plus `data.parquet` in it.
+
+In: conversations and a directory. Out: the directory, loadable with `datasets.load_from_disk(dir)` or
+`datasets.load_dataset("parquet", data_files=f"{dir}/data.parquet")`. Columns follow the
+conversation record of DESIGN.md §3; `critic` (free-form) is stored as a JSON string. The directory is
+built beside the target and renamed into place, so a crash never leaves a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from personaloom.errors import OutputError
+from personaloom.fsutil import ensure_dir
+from personaloom.records import Conversation
+
+PARQUET = "data.parquet"
+
+
+def _features() -> Any:
+    from datasets import Features, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "user1_persona": [Value("string")],
+            "user2_persona": [Value("string")],
+            "turns": [{"speaker": Value("int8"), "text": Value("string")}],
+            "iteration": Value("int32"),
+            "source": Value("string"),
+            "critic": Value("string"),
+            "pair_id": Value("string"),
+            "raw": Value("string"),
+            "defects": [Value("string")],
+        }
+    )
+
+
+def _row(conv: Conversation) -> dict[str, Any]:
+    row = conv.model_dump(mode="json")
+    row["critic"] = None if conv.critic is None else json.dumps(conv.critic, ensure_ascii=False)
+    return row
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move tmp to target; an existing target is moved aside first and removed after."""
+    old: Path | None = None
+    if target.exists():
+        if not target.is_dir():
+            raise OutputError(f"{target}: exists and is not a directory")
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_hf_dataset(directory: str | Path, conversations: Iterable[Conversation], *, readme: str | None = None) -> int:
+    """Write the dataset (and README.md = `readme` when given); returns the number of conversations."""
+    import datasets
+
+    target = Path(directory)
+    ensure_dir(target.parent)
+    rows = [_row(c) for c in conversations]
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write ({exc.strerror})") from None
+    # A one-line CLI summary is the output; datasets' progress bars would clutter stderr.
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        features = _features()
+        # By columns: from_list([]) would drop the schema of an empty dataset.
+        ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+        # One shard when empty: zero shards would not load back (datasets 5.x).
+        ds.save_to_disk(str(tmp), num_shards=1 if not rows else None)
+        ds.to_parquet(str(tmp / PARQUET))
+        if readme is not None:
+            (tmp / "README.md").write_text(readme, encoding="utf-8")
+        _replace_dir(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write dataset ({exc.strerror or exc})") from None
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+        with contextlib.suppress(OSError):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return len(rows)

@@ -1,0 +1,563 @@
+"""Stage order, checkpoints, resume and iterations for `personaloom run` and the one-stage commands.
+
+In: a resolved RunConfig. Out: the run directory of DESIGN.md §3 (config.yaml, cache.sqlite,
+attributes.jsonl, profiles.jsonl, pairs.jsonl, iterations/<k>/..., conversations.jsonl, spc.csv,
+dataset/, README.md, stats.json, report.html).
+
+Resume: every stage writes its output file atomically and records a fingerprint of its inputs and
+settings in state.json; a re-run skips a stage whose fingerprint matches and recomputes one whose
+settings changed. Work inside an unfinished stage is not lost either: every LLM result is committed
+to the response cache when it arrives, so redoing the stage pays only for calls that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from personaloom.backends.base import Backend, LLMClient
+from personaloom.config import BackendConfig, RunConfig, dump_config
+from personaloom.errors import ConfigError, InputError
+from personaloom.fsutil import atomic_write_text, ensure_dir
+from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
+from personaloom.stats import Stats
+
+STAGES = ("expand", "profiles", "pair", "generate")
+console = Console(stderr=True, highlight=False)
+
+
+def _fingerprint(*parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split()).strip()
+
+
+@dataclass
+class SeedSet:
+    name: str
+    attributes: list[Attribute]
+    conversations: list[Conversation]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [
+            Pair(
+                id=f"seed-pair-{i:05d}",
+                user1_persona=c.user1_persona,
+                user2_persona=c.user2_persona,
+                source="seed",
+            )
+            for i, c in enumerate(self.conversations)
+            if c.user1_persona and c.user2_persona
+        ]
+
+
+def load_seed_set(seed_data: str | None) -> SeedSet:
+    """The shipped seed set, or attributes + example conversations taken from a user's file."""
+    if seed_data is None or seed_data == "builtin":
+        from personaloom.seeds import seed_attributes, seed_conversations
+
+        return SeedSet("builtin", seed_attributes(), seed_conversations())
+    from personaloom.io import read_conversations
+
+    conversations = read_conversations(seed_data)
+    seen: dict[str, Attribute] = {}
+    for conv in conversations:
+        for text in [*conv.user1_persona, *conv.user2_persona]:
+            key = _norm(text).lower()
+            if key and key not in seen:
+                seen[key] = Attribute(id=f"seed-{len(seen):05d}", text=_norm(text), source="seed")
+    if not seen:
+        raise InputError("no persona attributes found in the seed data", path=seed_data)
+    examples = [c for c in conversations if c.turns and not c.defects]
+    return SeedSet(Path(seed_data).name, list(seen.values()), examples)
+
+
+@dataclass
+class RunState:
+    """state.json: the fingerprint each finished stage was computed with."""
+
+    path: Path
+    done: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(path, {str(k): str(v) for k, v in data.get("done", {}).items()})
+        except (FileNotFoundError, ValueError, AttributeError):
+            return cls(path)
+
+    def is_done(self, stage: str, fingerprint: str, *files: Path) -> bool:
+        return self.done.get(stage) == fingerprint and all(f.exists() for f in files)
+
+    def mark(self, stage: str, fingerprint: str) -> None:
+        self.done[stage] = fingerprint
+        atomic_write_text(self.path, json.dumps({"done": self.done}, indent=2, sort_keys=True) + "\n")
+
+
+class Clients:
+    """One executor client per backend configuration, sharing the cache and the stats."""
+
+    def __init__(self, config: RunConfig, out: Path, stats: Stats) -> None:
+        self.config = config
+        self.out = out
+        self.stats = stats
+        self._cache: Any = None
+        self._clients: dict[str, Any] = {}
+
+    def _cache_obj(self) -> Any:
+        if self._cache is None and self.config.cache:
+            from personaloom.backends.cache import ResponseCache
+
+            self._cache = ResponseCache(self.out / "cache.sqlite")
+        return self._cache
+
+    def for_backend(self, bcfg: BackendConfig) -> LLMClient:
+        key = bcfg.model_dump_json()
+        if key not in self._clients:
+            from personaloom.backends import create_backend
+            from personaloom.executors.local import LLM
+
+            backend: Backend = create_backend(bcfg)
+            self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True)
+        client: LLMClient = self._clients[key]
+        return client
+
+    @property
+    def main(self) -> LLMClient:
+        return self.for_backend(self.config.backend)
+
+    def role(self, name: str) -> LLMClient:
+        expert = self.config.critic.experts.get(name)
+        if expert is not None and expert.backend is not None:
+            return self.for_backend(expert.backend)
+        return self.main
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        if self._cache is not None:
+            self._cache.close()
+
+
+class Pipeline:
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.out = ensure_dir(config.out)
+        self.stats = Stats()
+        self.state = RunState.load(self.out / "state.json")
+        self.clients = Clients(config, self.out, self.stats)
+        self._embedder: Any = None
+        self._seed_set: SeedSet | None = None
+
+    # -- shared inputs -------------------------------------------------------------------------
+    @property
+    def seed_set(self) -> SeedSet:
+        if self._seed_set is None:
+            self._seed_set = load_seed_set(self.config.seed_data)
+        return self._seed_set
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from personaloom.embed import Embedder
+
+            self._embedder = Embedder(
+                self.config.embed.model,
+                cache_path=self.out / "embeddings.sqlite",
+                batch_size=self.config.embed.batch_size,
+            )
+        return self._embedder
+
+    def _path(self, name: str) -> Path:
+        return self.out / name
+
+    def _read(self, name: str, model: type[Any]) -> list[Any]:
+        from personaloom.io import read_jsonl
+
+        path = self._path(name)
+        if not path.exists():
+            raise InputError(
+                f"{name} not found in {self.out}: run the previous stage first (or `personaloom run`)",
+                path=path,
+            )
+        return read_jsonl(path, model)
+
+    def _write(self, name: str, records: Sequence[Any]) -> None:
+        from personaloom.io import write_jsonl
+
+        write_jsonl(self._path(name), records)
+
+    def _seed_fp(self) -> str:
+        s = self.seed_set
+        return _fingerprint(s.name, [a.text for a in s.attributes], len(s.conversations))
+
+    # -- stages --------------------------------------------------------------------------------
+    async def expand(self) -> list[Attribute]:
+        cfg = self.config
+        fp = _fingerprint("expand", self._seed_fp(), cfg.expand, cfg.embed, cfg.sampling, cfg.seed,
+                          cfg.backend.model_dump(exclude={"api_key_env", "concurrency", "timeout_s"}))
+        target = self._path("attributes.jsonl")
+        if self.state.is_done("expand", fp, target, self._path("expansion.json")):
+            attributes: list[Attribute] = self._read("attributes.jsonl", Attribute)
+            table = _read_json(self._path("expansion.json")).get("table1", {})
+            self.stats.extra["expansion"] = table
+            console.print(f"[dim]expand: up to date ({len(attributes)} attributes)[/dim]")
+            return attributes
+        from personaloom.stages.expansion import expand
+
+        with self.stats.stage("expand") as st:
+            result = await expand(
+                self.seed_set.attributes, self.embedder, self.clients.main, cfg.expand, cfg.sampling,
+                cfg.seed, self.stats,
+            )
+            self._write("attributes.jsonl", result.attributes)
+            self._write("questions.jsonl", [Question(text=q) for q in result.questions])
+            summary = {"table1": result.table, "rejections": dict(result.rejections)}
+            atomic_write_text(self._path("expansion.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            st["attributes"] = len(result.attributes)
+            st.update(summary)
+        self.stats.extra["expansion"] = result.table
+        self.state.mark("expand", fp)
+        _print_table1(result.table)
+        return list(result.attributes)
+
+    async def profiles(self, attributes: list[Attribute]) -> list[Profile]:
+        cfg = self.config
+        fp = _fingerprint("profiles", self.state.done.get("expand"), cfg.profiles, cfg.seed)
+        target = self._path("profiles.jsonl")
+        if self.state.is_done("profiles", fp, target):
+            profiles: list[Profile] = self._read("profiles.jsonl", Profile)
+            console.print(f"[dim]profiles: up to date ({len(profiles)} profiles)[/dim]")
+            return profiles
+        from personaloom.stages.profiles import build_profiles
+
+        with self.stats.stage("profiles") as st:
+            result = await build_profiles(
+                attributes, self.embedder, self.clients.main, cfg.profiles, cfg.sampling, cfg.seed, self.stats
+            )
+            self._write("profiles.jsonl", result.profiles)
+            st["profiles"] = len(result.profiles)
+            st["rejections"] = dict(result.rejections)
+        self.state.mark("profiles", fp)
+        rej = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
+        console.print(f"profiles: {len(result.profiles)} profiles (rejected candidates: {rej})")
+        return list(result.profiles)
+
+    def pair(self, profiles: list[Profile], attributes: list[Attribute]) -> list[Pair]:
+        cfg = self.config
+        fp = _fingerprint("pair", self.state.done.get("profiles"), cfg.pair, cfg.seed)
+        target = self._path("pairs.jsonl")
+        if self.state.is_done("pair", fp, target):
+            pairs: list[Pair] = self._read("pairs.jsonl", Pair)
+            console.print(f"[dim]pair: up to date ({len(pairs)} pairs)[/dim]")
+            return pairs
+        from personaloom.stages.pairing import pair_profiles
+
+        with self.stats.stage("pair") as st:
+            pairs = []
+            if cfg.pair.keep_seed_pairs:
+                pairs.extend(self.seed_set.pairs[: cfg.pair.max_pairs])
+            room = cfg.pair.max_pairs - len(pairs)
+            if room > 0:
+                pair_cfg = cfg.pair.model_copy(update={"max_pairs": room})
+                pairs.extend(pair_profiles(profiles, attributes, pair_cfg, cfg.seed))
+            self._write("pairs.jsonl", pairs)
+            st["pairs"] = len(pairs)
+        self.state.mark("pair", fp)
+        console.print(f"pair: {len(pairs)} pairs")
+        return pairs
+
+    async def generate(self, pairs: list[Pair]) -> list[Conversation]:
+        cfg = self.config
+        gen = cfg.generate
+        chosen = pairs[: gen.pairs]
+        if not chosen:
+            raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
+        rounds = _split(chosen, gen.iterations)
+        pool: list[Conversation] = list(self.seed_set.conversations)
+        kept: list[Conversation] = []
+        summaries: list[dict[str, Any]] = []
+        upstream = self.state.done.get("pair")
+        for k, round_pairs in enumerate(rounds, start=1):
+            stage = f"generate.{k}"
+            fp = _fingerprint(stage, upstream, gen, cfg.critic, cfg.sampling, cfg.seed, [p.id for p in round_pairs],
+                              [c.id for c in pool])
+            folder = self.out / "iterations" / str(k)
+            selected_path = folder / "selected.jsonl"
+            if self.state.is_done(stage, fp, selected_path, folder / "summary.json"):
+                from personaloom.io import read_jsonl
+
+                selected: list[Conversation] = read_jsonl(selected_path, Conversation)
+                console.print(f"[dim]iteration {k}: up to date ({len(selected)} kept)[/dim]")
+            else:
+                selected = await self._round(k, round_pairs, pool, folder)
+                self.state.mark(stage, fp)
+            summaries.append(_read_json(folder / "summary.json"))
+            kept.extend(selected)
+            pool.extend(selected)
+            upstream = fp
+        self.stats.extra["dataset"] = _dataset_summary(summaries, len(kept), cfg.critic.mode)
+        return kept
+
+    async def _round(self, k: int, pairs: list[Pair], pool: list[Conversation], folder: Path) -> list[Conversation]:
+        from personaloom.io import write_jsonl
+        from personaloom.stages.critic import generate_and_critique
+
+        cfg = self.config
+        with self.stats.stage(f"iteration.{k}") as st:
+            outcomes = await asyncio.gather(
+                *(generate_and_critique(p, pool, self.clients.role, cfg, k) for p in pairs)
+            )
+            candidates: list[Conversation] = []
+            verdicts: list[Verdict] = []
+            failures: list[Failure] = []
+            selected: list[Conversation] = []
+            for pair, outcome in zip(pairs, outcomes, strict=True):
+                candidates.extend(outcome.candidates)
+                verdicts.extend(outcome.verdicts)
+                failures.extend(outcome.failures)
+                if outcome.selected is not None:
+                    selected.append(outcome.selected)
+                else:
+                    failures.append(
+                        Failure(stage="critic", item_id=pair.id, reason="no_candidate_survived", iteration=k)
+                    )
+            write_jsonl(folder / "candidates.jsonl", candidates)
+            write_jsonl(folder / "verdicts.jsonl", verdicts)
+            write_jsonl(folder / "failures.jsonl", failures)
+            write_jsonl(folder / "selected.jsonl", selected)
+            rejected: dict[str, int] = {}
+            for v in verdicts:
+                if v.decision == "reject":
+                    key = f"{v.expert}:{v.rationale.split(':')[0][:40]}" if v.expert == "format" else v.expert
+                    rejected[key] = rejected.get(key, 0) + 1
+            tokens: dict[str, dict[str, int]] = {}
+            for outcome in outcomes:
+                for role, row in outcome.tokens.items():
+                    acc = tokens.setdefault(role, {})
+                    for key, value in row.items():
+                        acc[key] = acc.get(key, 0) + value
+            summary = {"pairs": len(pairs), "candidates": len(candidates), "kept": len(selected),
+                       "failures": len(failures), "rejected": rejected, "tokens": tokens}
+            atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            st.update(summary)
+        for f in failures:
+            self.stats.failure(f.reason)
+        console.print(
+            f"iteration {k}: {len(pairs)} pairs, {len(candidates)} candidates, kept {len(selected)}, "
+            f"failures {len(failures)}"
+        )
+        return selected
+
+    # -- outputs -------------------------------------------------------------------------------
+    def write_dataset(self, conversations: list[Conversation], started: float) -> None:
+        from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
+
+        with self.stats.stage("write"):
+            write_jsonl(self._path("conversations.jsonl"), conversations)
+            write_spc_csv(self._path("spc.csv"), conversations)
+            write_hf_dataset(self._path("dataset"), conversations)
+            self.stats.conversations = len(conversations)
+            write_dataset_card(
+                self._path("README.md"),
+                conversations,
+                title=f"personaloom dataset ({self.out.name})",
+                sources=[f"seed data: {self.seed_set.name}", f"backend: {self.config.backend.kind}"],
+                config=json.loads(json.dumps(self.config.model_dump(mode="json"))),
+                stats=self.stats.to_dict(),
+            )
+
+    def write_stats(self, started: float) -> None:
+        data = self.stats.to_dict()
+        data["wall_s"] = round(time.perf_counter() - started, 3)
+        atomic_write_text(self._path("stats.json"), json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def write_report(self) -> None:
+        try:
+            from personaloom.evaluate.suite import evaluate
+        except ImportError:
+            return
+        with self.stats.stage("report"):
+            asyncio.run(evaluate(self.out, None, self.out, judge=None, seed=self.config.seed))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dataset_summary(rounds: list[dict[str, Any]], kept: int, mode: str) -> dict[str, Any]:
+    """Per-round counts and the LLM cost of the kept conversations (cached calls included: this is
+    what the dataset cost to make, not what this invocation paid)."""
+    tokens: dict[str, dict[str, int]] = {}
+    for r in rounds:
+        for role, row in (r.get("tokens") or {}).items():
+            acc = tokens.setdefault(role, {})
+            for key, value in row.items():
+                acc[key] = acc.get(key, 0) + int(value)
+    total = sum(row.get("prompt_tokens", 0) + row.get("completion_tokens", 0) for row in tokens.values())
+    return {
+        "critic_mode": mode,
+        "kept": kept,
+        "iterations": rounds,
+        "tokens": tokens,
+        "tokens_per_kept_conversation": round(total / kept, 1) if kept else None,
+    }
+
+
+def _split(items: list[Pair], k: int) -> list[list[Pair]]:
+    """Contiguous, near-equal shares of the pairs for K rounds (earlier rounds get the remainder)."""
+    k = max(1, min(k, len(items)))
+    base, extra = divmod(len(items), k)
+    out, start = [], 0
+    for i in range(k):
+        size = base + (1 if i < extra else 0)
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def _print_table1(table: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="Expansion statistics (paper's Table 1)")
+    t.add_column("set")
+    t.add_column("attributes", justify="right")
+    t.add_column("clusters", justify="right")
+    t.add_column("mean inter-cluster distance", justify="right")
+    for name, row in table.items():
+        if isinstance(row, dict):
+            dist = row.get("mean_inter_cluster_distance")
+            t.add_row(name, str(row.get("attributes")), str(row.get("clusters")),
+                      f"{dist:.3f}" if isinstance(dist, float) else str(dist))
+    console.print(t)
+
+
+async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conversation] | None:
+    try:
+        attributes = await pipe.expand() if only is None else pipe._read("attributes.jsonl", Attribute)
+        if until == "expand":
+            return None
+        profiles = await pipe.profiles(attributes) if only is None else pipe._read("profiles.jsonl", Profile)
+        if until == "profiles":
+            return None
+        pairs = pipe.pair(profiles, attributes) if only is None else pipe._read("pairs.jsonl", Pair)
+        if until == "pair":
+            return None
+        return await pipe.generate(pairs)
+    finally:
+        await pipe.clients.aclose()
+
+
+def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
+    """Run the pipeline up to and including `until` ("expand", "profiles", "pair", "generate"/"all")."""
+    started = time.perf_counter()
+    pipe = Pipeline(config)
+    atomic_write_text(pipe.out / "config.yaml", dump_config(config))
+    try:
+        conversations = asyncio.run(_run_async(pipe, until, only))
+        if conversations is not None:
+            pipe.write_dataset(conversations, started)
+            pipe.write_report()
+            console.print(
+                f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
+                f"(also spc.csv, dataset/, README.md, stats.json, report.html)"
+            )
+    finally:
+        # Counters of this invocation are worth keeping even when it stopped early.
+        pipe.write_stats(started)
+    llm = pipe.stats.llm
+    console.print(
+        f"LLM calls {llm['calls']} (cache hits {llm['cache_hits']}), tokens {llm['prompt_tokens']} prompt + "
+        f"{llm['completion_tokens']} completion, {time.perf_counter() - started:.1f} s"
+    )
+
+
+def evaluate_command(
+    data: str,
+    reference: str | None,
+    out: Path | None,
+    judge: str,
+    model: str | None,
+    base_url: str | None,
+    limit: int | None,
+    seed: int,
+) -> dict[str, Any]:
+    """`personaloom evaluate`: metrics.json + report.html; LLM tests through a cached judge client."""
+    from personaloom.embed import Embedder
+    from personaloom.evaluate.suite import evaluate
+
+    data_path = Path(data)
+    if not data_path.exists():
+        raise InputError("no such file or directory", path=data_path)
+    if reference is not None and not Path(reference).exists():
+        raise InputError("no such file or directory (--reference)", path=reference)
+    out_dir = ensure_dir(out if out is not None else (data_path if data_path.is_dir() else Path("eval")))
+    if judge not in ("none", "embedded", "openai", "fake"):
+        raise ConfigError(f"--judge {judge!r}: expected none, embedded, openai or fake")
+    config = RunConfig.model_validate(
+        {"seed": seed, "out": str(out_dir), "backend": {"kind": "embedded" if judge == "none" else judge,
+                                                       "model": model, "base_url": base_url}}
+    )
+    stats = Stats()
+    clients = Clients(config, out_dir, stats)
+    embedder = Embedder(config.embed.model, cache_path=out_dir / "embeddings.sqlite")
+
+    async def go() -> dict[str, Any]:
+        try:
+            client = None if judge == "none" else clients.main
+            return await evaluate(data_path, reference, out_dir, client, limit=limit, seed=seed, embedder=embedder)
+        finally:
+            await clients.aclose()
+
+    started = time.perf_counter()
+    metrics = asyncio.run(go())
+    _print_metrics(metrics)
+    took = time.perf_counter() - started
+    console.print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'} in {took:.1f} s")
+    return metrics
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="Evaluation")
+    t.add_column("metric")
+    t.add_column("data", justify="right")
+    t.add_column("reference", justify="right")
+    ref = m.get("reference") or {}
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    rows = [("conversations", "conversations"), ("distinct-1", "distinct_1"), ("distinct-2", "distinct_2")]
+    for label, key in rows:
+        t.add_row(label, fmt(m.get(key)), fmt(ref.get(key)))
+    for kind, n in (m.get("defects") or {}).items():
+        t.add_row(f"defect: {kind}", fmt(n), fmt((ref.get("defects") or {}).get(kind)))
+    for key in ("without_persona", "with_persona"):
+        t.add_row(f"hits@1 {key.replace('_', ' ')}", fmt((m.get("ir_hits_at_1") or {}).get(key)),
+                  fmt((ref.get("ir_hits_at_1") or {}).get(key)))
+    console.print(t)
+    for name in ("turing", "faithfulness", "toxicity"):
+        if m.get(name):
+            console.print(f"{name}: {json.dumps(m[name], default=str)[:300]}")
+
+
+__all__ = ["STAGES", "Pipeline", "SeedSet", "evaluate_command", "load_seed_set", "run"]

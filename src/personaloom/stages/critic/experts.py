@@ -1,0 +1,281 @@
+"""LLM critic experts: request builders and reply parsers (DESIGN.md §1 step 6).
+
+In: candidate conversations (and their pair's profiles). Out: `ChatRequest`s that ask for structured
+output (a JSON schema on the request, the same form spelled out in the prompt for backends without
+schema support), and `Verdict`s parsed from the replies.
+  quality (depth, coherency, consistency, diversity, likeability), pairwise: "win"/"lose"/"tie" for
+      each of the two candidates against the other (`opponent_id`);
+  quality, listwise: "rank=<n>" (1 = best) for every candidate from one ranking call;
+  faithfulness, toxicity: "pass"/"reject" for one candidate.
+A reply that cannot be parsed (or a failed call) gives decision "abstain" with the problem in the
+rationale, never an exception; the caller records it as a Failure.
+Prompts live in prompts/critic_*.j2; untrusted text enters them only through `quoted`/`persona_block`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from personaloom import rng
+from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams
+from personaloom.config import SamplingConfig
+from personaloom.prompts import render
+from personaloom.records import Conversation, Expert, Verdict
+
+QUALITY_EXPERTS: tuple[Expert, ...] = ("depth", "coherency", "consistency", "diversity", "likeability")
+FILTER_EXPERTS: tuple[Expert, ...] = ("faithfulness", "toxicity")
+LLM_EXPERTS: tuple[Expert, ...] = QUALITY_EXPERTS + FILTER_EXPERTS
+ABSTAIN = "abstain"
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Short rationales: the decision comes first in the schema so that a reply cut by max_tokens still
+# carries it.
+_RATIONALE: dict[str, Any] = {"type": "string", "maxLength": 240}
+
+
+def stage_of(expert: str) -> str:
+    return f"critic.{expert}"
+
+
+def _schema(decision_key: str, decision: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {decision_key: decision, "rationale": _RATIONALE},
+        "required": [decision_key, "rationale"],
+        "additionalProperties": False,
+    }
+
+
+PAIRWISE_SCHEMA = _schema("better", {"type": "string", "enum": ["A", "B", "tie"]})
+FAITHFULNESS_SCHEMA = _schema("verdict", {"type": "string", "enum": ["faithful", "unfaithful"]})
+TOXICITY_SCHEMA = _schema("label", {"type": "string", "enum": ["safe", "toxic"]})
+
+
+def listwise_schema(n: int) -> dict[str, Any]:
+    labels = list(LABELS[:n])
+    return _schema(
+        "ranking",
+        {"type": "array", "items": {"type": "string", "enum": labels}, "minItems": n, "maxItems": n},
+    )
+
+
+def _params(sampling: SamplingConfig, max_tokens: int, seed: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
+
+
+def _request(
+    system: str, user: str, schema: dict[str, Any], params: SamplingParams, expert: str, item_id: str
+) -> ChatRequest:
+    return ChatRequest(
+        messages=[Message(role="system", content=system), Message(role="user", content=user)],
+        params=params,
+        json_schema=schema,
+        metadata={"stage": stage_of(expert), "id": item_id},
+    )
+
+
+# ---- reply parsing ---------------------------------------------------------------------------
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in a reply (code fences and chatter around it are tolerated)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _field(text: str, key: str, choices: tuple[str, ...]) -> tuple[str, str] | str:
+    """(choice, rationale) from a reply, or the problem as a string.
+
+    Falls back to a regex on `"key": "value"` so that a reply cut off inside its rationale still counts.
+    """
+    if not text.strip():
+        return "empty reply"
+    obj = _json_object(text)
+    raw_value: Any = None
+    rationale = ""
+    if obj is not None:
+        raw_value = obj.get(key)
+        rationale = str(obj.get("rationale", ""))
+    if raw_value is None:
+        m = re.search(rf'"{re.escape(key)}"\s*:\s*"([^"]*)"', text)
+        if m is None:
+            return f"no {key!r} in reply"
+        raw_value = m.group(1)
+        r = re.search(r'"rationale"\s*:\s*"([^"]*)', text)
+        rationale = r.group(1) if r else ""
+    value = str(raw_value).strip().lower()
+    for choice in choices:
+        if value == choice.lower():
+            return choice, " ".join(rationale.split())[:500]
+    return f"{key}={raw_value!r} is not one of {list(choices)}"
+
+
+def _abstain(conv_id: str, expert: Expert, problem: str, opponent: str | None = None) -> Verdict:
+    return Verdict(conversation_id=conv_id, expert=expert, decision=ABSTAIN, rationale=problem, opponent_id=opponent)
+
+
+def _problem(result: ChatResult) -> str | None:
+    if result.error is not None:
+        return f"llm error: {result.error}"
+    if not result.texts:
+        return "no reply"
+    return None
+
+
+def _stamp(verdict: Verdict, conv: Conversation) -> Verdict:
+    return verdict.model_copy(update={"pair_id": conv.pair_id, "iteration": conv.iteration})
+
+
+# ---- quality experts, pairwise -------------------------------------------------------------
+
+
+def build_pairwise_request(
+    expert: Expert, a: Conversation, b: Conversation, sampling: SamplingConfig, max_tokens: int, seed: int
+) -> ChatRequest:
+    """Ask `expert` which of A (= a) and B (= b) is better. The caller picks the order."""
+    system = render(f"critic_{expert}.j2", mode="pairwise", labels=["A", "B"])
+    user = render("critic_quality_user.j2", items=[{"label": "A", "turns": a.turns}, {"label": "B", "turns": b.turns}])
+    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of(expert), a.id, b.id))
+    return _request(system, user, PAIRWISE_SCHEMA, params, expert, f"{a.id}|{b.id}")
+
+
+def parse_pairwise(expert: Expert, a: Conversation, b: Conversation, result: ChatResult) -> list[Verdict]:
+    """Two verdicts, one per candidate (win/lose/tie against the other), or two abstentions."""
+    problem = _problem(result)
+    parsed = _field(result.text, "better", ("A", "B", "tie")) if problem is None else problem
+    if isinstance(parsed, str):
+        return [
+            _stamp(_abstain(a.id, expert, parsed, b.id), a),
+            _stamp(_abstain(b.id, expert, parsed, a.id), b),
+        ]
+    better, rationale = parsed
+    decision_a = {"A": "win", "B": "lose", "tie": "tie"}[better]
+    decision_b = {"A": "lose", "B": "win", "tie": "tie"}[better]
+    shown = f"[shown as A={a.id}, B={b.id}; answer {better}] {rationale}".strip()
+    return [
+        _stamp(
+            Verdict(conversation_id=a.id, expert=expert, decision=decision_a, rationale=shown, opponent_id=b.id),
+            a,
+        ),
+        _stamp(
+            Verdict(conversation_id=b.id, expert=expert, decision=decision_b, rationale=shown, opponent_id=a.id),
+            b,
+        ),
+    ]
+
+
+# ---- quality experts, listwise -------------------------------------------------------------
+
+
+def build_listwise_request(
+    expert: Expert, convs: list[Conversation], sampling: SamplingConfig, max_tokens: int, seed: int
+) -> ChatRequest:
+    """Ask `expert` to rank all of `convs`, labelled A, B, C, ... in the given order."""
+    labels = list(LABELS[: len(convs)])
+    system = render(f"critic_{expert}.j2", mode="listwise", labels=labels)
+    items = [{"label": label, "turns": c.turns} for label, c in zip(labels, convs, strict=True)]
+    user = render("critic_quality_user.j2", items=items)
+    ids = [c.id for c in convs]
+    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of(expert), "listwise", *ids))
+    return _request(system, user, listwise_schema(len(convs)), params, expert, "|".join(ids))
+
+
+def _ranking(text: str, labels: list[str]) -> tuple[list[str], str] | str:
+    obj = _json_object(text)
+    raw: Any = obj.get("ranking") if obj is not None else None
+    rationale = str(obj.get("rationale", "")) if obj is not None else ""
+    if raw is None:
+        m = re.search(r'"ranking"\s*:\s*\[([^\]]*)', text)
+        if m is None:
+            return "no 'ranking' in reply"
+        raw = re.findall(r'"([^"]*)"', m.group(1))
+    if not isinstance(raw, list):
+        return f"ranking={raw!r} is not a list"
+    order: list[str] = []
+    for item in raw:
+        label = str(item).strip().upper()
+        if label in labels and label not in order:
+            order.append(label)
+    if not order:
+        return f"ranking={raw!r} names none of {labels}"
+    return order, " ".join(rationale.split())[:500]
+
+
+def parse_listwise(expert: Expert, convs: list[Conversation], result: ChatResult) -> list[Verdict]:
+    """One "rank=<n>" verdict per candidate. Labels the judge left out (small models repeat one)
+    share the rank after the last one it gave, so a partial ranking still counts for what it says."""
+    labels = list(LABELS[: len(convs)])
+    problem = _problem(result)
+    parsed = _ranking(result.text, labels) if problem is None else problem
+    if isinstance(parsed, str):
+        return [_stamp(_abstain(c.id, expert, parsed), c) for c in convs]
+    order, rationale = parsed
+    shown = ", ".join(f"{label}={c.id}" for label, c in zip(labels, convs, strict=True))
+    note = f"[shown as {shown}; ranking {''.join(order)}] {rationale}".strip()
+    verdicts = []
+    for label, conv in zip(labels, convs, strict=True):
+        rank = order.index(label) + 1 if label in order else len(order) + 1
+        verdicts.append(
+            _stamp(Verdict(conversation_id=conv.id, expert=expert, decision=f"rank={rank}", rationale=note), conv)
+        )
+    return verdicts
+
+
+# ---- faithfulness ----------------------------------------------------------------------------
+
+
+def build_faithfulness_request(
+    conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+) -> ChatRequest:
+    system = render("critic_faithfulness.j2")
+    user = render("critic_faithfulness_user.j2", user1=conv.user1_persona, user2=conv.user2_persona, turns=conv.turns)
+    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("faithfulness"), conv.id))
+    return _request(system, user, FAITHFULNESS_SCHEMA, params, "faithfulness", conv.id)
+
+
+def parse_faithfulness(conv: Conversation, result: ChatResult) -> Verdict:
+    problem = _problem(result)
+    parsed = _field(result.text, "verdict", ("faithful", "unfaithful")) if problem is None else problem
+    if isinstance(parsed, str):
+        return _stamp(_abstain(conv.id, "faithfulness", parsed), conv)
+    label, rationale = parsed
+    decision = "pass" if label == "faithful" else "reject"
+    return _stamp(Verdict(conversation_id=conv.id, expert="faithfulness", decision=decision, rationale=rationale), conv)
+
+
+# ---- toxicity --------------------------------------------------------------------------------
+
+
+def build_toxicity_request(
+    conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+) -> ChatRequest:
+    """Is `conv` toxic? Also used by the evaluation suite (toxicity rate)."""
+    system = render("critic_toxicity.j2")
+    user = render("critic_toxicity_user.j2", turns=conv.turns)
+    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("toxicity"), conv.id))
+    return _request(system, user, TOXICITY_SCHEMA, params, "toxicity", conv.id)
+
+
+def parse_toxicity(conv: Conversation, result: ChatResult) -> Verdict:
+    """decision "pass" (safe), "reject" (toxic) or "abstain" (no usable reply)."""
+    problem = _problem(result)
+    parsed = _field(result.text, "label", ("safe", "toxic")) if problem is None else problem
+    if isinstance(parsed, str):
+        return _stamp(_abstain(conv.id, "toxicity", parsed), conv)
+    label, rationale = parsed
+    decision = "pass" if label == "safe" else "reject"
+    return _stamp(Verdict(conversation_id=conv.id, expert="toxicity", decision=decision, rationale=rationale), conv)

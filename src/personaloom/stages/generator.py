@@ -1,0 +1,236 @@
+"""The Generator (DESIGN.md §1 step 5): a pair of profiles in, candidate conversations out.
+
+`build_requests(pair, examples, ...)` makes `cfg.candidates` chat requests for one pair: the
+instruction (prompts/generator.j2), few-shot examples drawn from the example pool (profile 1,
+profile 2, conversation each) and the target pair's profiles last. `parse_candidate(pair, text, ...)`
+turns one reply into a `Conversation` (turns, a canonical `raw`, the defects that survive
+normalisation) or a `Failure` when the reply holds no utterance at all. Judging the format is the
+format expert's job (stages/critic/format_expert.py), not the parser's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from personaloom import rng
+from personaloom.backends.base import ChatRequest, Message, SamplingParams
+from personaloom.config import GenerateConfig, SamplingConfig
+from personaloom.dialogue import (
+    DEFECT_KINDS,
+    has_placeholder,
+    normalise,
+    parse_dialogue,
+    render_dialogue,
+    turn_defects,
+)
+from personaloom.prompts import render
+from personaloom.records import Conversation, Failure, Pair, Turn
+from personaloom.stages.critic.format_expert import is_near_duplicate, word_set
+
+STAGE = "generate"
+_WORD = re.compile(r"[a-z0-9']+")
+# Trimming cuts at a near-duplicate this similar (word-set Jaccard); stricter than the format
+# expert's threshold so that an honest callback ("I love dogs too!") does not end a conversation.
+_TRIM_NEAR = 0.7
+
+
+def candidate_id(pair: Pair, iteration: int, index: int) -> str:
+    return f"{pair.id}-i{iteration}-c{index}"
+
+
+def draw_examples(pair: Pair, examples: list[Conversation], k: int, seed: int, iteration: int) -> list[Conversation]:
+    """min(k, len(pool)) examples, chosen by (seed, iteration, pair) only, whatever the pool's order."""
+    pool = sorted(examples, key=lambda c: c.id)
+    n = min(k, len(pool))
+    if n <= 0:
+        return []
+    return rng.rng_for(seed, "fewshot", iteration, pair.id).sample(pool, n)
+
+
+def _example_dialogue(conv: Conversation, max_turns: int | None) -> str:
+    turns = conv.turns if max_turns is None else conv.turns[:max_turns]
+    # Pool text is already parsed, but a turn holding a newline would forge an extra prompt line.
+    return render_dialogue([Turn(speaker=t.speaker, text=normalise(t.text)) for t in turns])
+
+
+def build_messages(pair: Pair, shots: list[Conversation], cfg: GenerateConfig) -> list[Message]:
+    if cfg.fewshot_style == "inline":
+        examples = [
+            {
+                "user1": ex.user1_persona,
+                "user2": ex.user2_persona,
+                "dialogue": _example_dialogue(ex, cfg.example_max_turns),
+            }
+            for ex in shots
+        ]
+        content = render(
+            "generator_inline.j2",
+            min_utterances=cfg.min_utterances,
+            examples=examples,
+            user1=pair.user1_persona,
+            user2=pair.user2_persona,
+        )
+        return [Message(role="user", content=content)]
+    # "turns": each example is a finished exchange, so a small model imitates the answer's shape.
+    messages = [Message(role="system", content=render("generator.j2", min_utterances=cfg.min_utterances))]
+    for ex in shots:
+        messages.append(
+            Message(
+                role="user",
+                content=render("generator_pair.j2", user1=ex.user1_persona, user2=ex.user2_persona),
+            )
+        )
+        messages.append(Message(role="assistant", content=_example_dialogue(ex, cfg.example_max_turns)))
+    messages.append(
+        Message(
+            role="user",
+            content=render("generator_pair.j2", user1=pair.user1_persona, user2=pair.user2_persona),
+        )
+    )
+    return messages
+
+
+def build_requests(
+    pair: Pair,
+    examples: list[Conversation],
+    cfg: GenerateConfig,
+    sampling: SamplingConfig,
+    seed: int,
+    iteration: int,
+) -> list[ChatRequest]:
+    """cfg.candidates requests for one pair; they share the prompt and differ in their seed."""
+    shots = draw_examples(pair, examples, cfg.few_shot, seed, iteration)
+    messages = build_messages(pair, shots, cfg)
+    temperature = sampling.temperature if cfg.temperature is None else cfg.temperature
+    requests: list[ChatRequest] = []
+    for i in range(cfg.candidates):
+        params = SamplingParams(
+            temperature=temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            max_tokens=cfg.max_tokens,
+            stop=list(cfg.stop),
+            seed=rng.derive_seed(seed, STAGE, iteration, pair.id, i),
+        )
+        requests.append(
+            ChatRequest(
+                messages=messages,
+                params=params,
+                metadata={"stage": STAGE, "id": candidate_id(pair, iteration, i)},
+            )
+        )
+    return requests
+
+
+def _unwrap(text: str) -> str:
+    """Drop quotes wrapping a whole utterance (`User 1: "Hi!"`), which small models like to add."""
+    if len(text) >= 2 and text[0] == text[-1] == '"' and '"' not in text[1:-1]:
+        return text[1:-1].strip()
+    return text
+
+
+def _cut_reason(turn: Turn, kept: list[Turn], seen: dict[str, int]) -> str | None:
+    """Why the clean prefix must end before `turn` (None: it may continue)."""
+    if not turn.text:
+        return "empty_utterance"
+    if kept and kept[-1].speaker == turn.speaker:
+        return "same_speaker"
+    if has_placeholder(turn.text):
+        return "placeholders"
+    key = " ".join(_WORD.findall(turn.text.lower()))
+    if key and (seen.get(key, 0) >= 2 or (seen.get(key, 0) >= 1 and len(key.split()) > 3)):
+        return "repetition"
+    # A rephrased repeat ends the clean part too: from here on small models only loop.
+    if is_near_duplicate(word_set(turn.text), [word_set(t.text) for t in kept], _TRIM_NEAR):
+        return "repetition"
+    return None
+
+
+def _clean_prefix(items: list[Turn | str]) -> tuple[list[Turn], str | None]:
+    """The utterances before the first defect (a str item is an unattributable line)."""
+    kept: list[Turn] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        reason = "unprefixed" if isinstance(item, str) else _cut_reason(item, kept, seen)
+        if reason is not None:
+            return kept, reason
+        assert isinstance(item, Turn)
+        kept.append(item)
+        key = " ".join(_WORD.findall(item.text.lower()))
+        seen[key] = seen.get(key, 0) + 1
+    return kept, None
+
+
+def parse_candidate(
+    pair: Pair, text: str, iteration: int, index: int, *, truncated: bool = False, trim: bool = False
+) -> Conversation | Failure:
+    """One generator reply -> Conversation (or Failure when there is no utterance at all).
+
+    Blank lines are dropped and whitespace normalised; a preamble before the first utterance and a
+    remark after the last are dropped; unprefixed lines in the middle, placeholders and same-speaker
+    runs stay in `defects` for the format expert (plus "empty_utterance" for a bare "User 1:").
+    With `truncated` (finish_reason "length") the last, probably cut-off utterance is dropped.
+    With `trim`, the conversation ends before its first defect (same-speaker run, repeated
+    utterance, placeholder, unattributable line): small models write a good opening and then loop
+    until max_tokens. The cut is recorded in `critic["trimmed"]`; the format expert still judges what
+    is left (too short, loops inside an utterance, ...).
+    """
+    cid = candidate_id(pair, iteration, index)
+    parsed = parse_dialogue(text)
+    if not parsed.turns:
+        return Failure(
+            stage=STAGE,
+            item_id=cid,
+            reason="empty",
+            detail="no line starts with a speaker prefix such as 'User 1:'",
+            raw=text,
+            iteration=iteration,
+        )
+    # Rebuild the line order: utterances and, between the first and last utterance, loose lines.
+    loose = dict(parsed.unprefixed_lines)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    prefixed = [n for n, line in enumerate(lines, start=1) if line.strip() and n not in loose]
+    turn_iter = iter(parsed.turns)
+    items: list[Turn | str] = []
+    for n in range(prefixed[0], prefixed[-1] + 1):
+        if n in loose:
+            items.append(loose[n])
+        elif lines[n - 1].strip():
+            t = next(turn_iter)
+            items.append(Turn(speaker=t.speaker, text=_unwrap(t.text)))
+    all_turns = [i for i in items if isinstance(i, Turn)]
+    critic: dict[str, Any] | None = None
+    if trim:
+        turns, cut = _clean_prefix(items)
+        if cut is not None:
+            critic = {"trimmed": {"kept": len(turns), "of": len(all_turns), "at": cut}}
+        elif truncated and len(turns) > 1:
+            turns = turns[:-1]
+        middle: list[str] = []
+        empty_utterance = False
+    else:
+        middle = [i for i in items if isinstance(i, str)]
+        empty_utterance = any(not t.text for t in all_turns)
+        turns = [t for t in all_turns if t.text]
+        if truncated and len(turns) > 1:
+            turns = turns[:-1]
+    defects = set(turn_defects(turns))
+    if middle:
+        defects.add("unprefixed")
+        if any(has_placeholder(t) for t in middle):
+            defects.add("placeholders")
+    if empty_utterance:
+        defects.add("empty_utterance")
+    return Conversation(
+        id=cid,
+        user1_persona=list(pair.user1_persona),
+        user2_persona=list(pair.user2_persona),
+        turns=turns,
+        iteration=iteration,
+        source="personaloom",
+        critic=critic,
+        pair_id=pair.id,
+        raw=render_dialogue(turns),
+        defects=[k for k in (*DEFECT_KINDS, "empty_utterance") if k in defects],
+    )

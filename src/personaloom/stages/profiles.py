@@ -1,0 +1,316 @@
+"""User profiles: consistent sets of attributes, built one random attribute at a time (DESIGN.md §1 step 3).
+
+In: attributes (texts with ids), an `Embedder`, an `LLMClient`, ProfilesConfig / SamplingConfig, the
+run seed. Out: `ProfilesResult` — profiles of exactly cfg.size attributes and rejection counts by reason.
+
+A candidate attribute is rejected when
+  redundant:     its cosine to an attribute already in the profile exceeds cfg.redundancy_threshold;
+  inconsistent:  the NLI judge finds that it entails the negation of an attribute in the profile, or that
+                 the attribute entails the candidate's negation. Negations are written by the LLM, one
+                 request per attribute (seeded by the attribute id, so cacheable and paid once);
+  negation_failed / nli_failed: the LLM gave nothing usable — rejected, since consistency is unproven.
+Judges (cfg.nli): "llm" asks yes/no with a JSON schema on the request (structured output); "cross-encoder"
+runs a sentence-transformers CrossEncoder NLI model from the local path cfg.nli_model; "none" skips (b).
+Profile k draws from rng_for(seed, "profiles", k) alone, so profiles are built concurrently and still
+come out the same on every run. A profile still short after size * max_tries_factor candidates is
+dropped ("incomplete"); a later profile with the same attribute set as an earlier one is dropped
+("duplicate_profile").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from personaloom import rng
+from personaloom.backends.base import ChatRequest, LLMClient, Message, SamplingParams
+from personaloom.config import ProfilesConfig, SamplingConfig
+from personaloom.embed import Embedder
+from personaloom.errors import ConfigError
+from personaloom.prompts import render
+from personaloom.records import Attribute, Profile
+from personaloom.stages.persona_bootstrap import parse_answer
+from personaloom.stats import Stats
+
+STAGE = "profiles"
+NEGATION_STAGE = "profiles.negation"
+NLI_STAGE = "profiles.nli"
+
+NLI_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+@dataclass
+class ProfilesResult:
+    profiles: list[Profile]
+    rejections: dict[str, int] = field(default_factory=dict)
+
+
+def _params(sampling: SamplingConfig, max_tokens: int, *seed_parts: object) -> SamplingParams:
+    return SamplingParams(
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        max_tokens=max_tokens,
+        seed=rng.derive_seed(*seed_parts),
+    )
+
+
+def negation_request(attribute: Attribute, seed: int, sampling: SamplingConfig, max_tokens: int = 32) -> ChatRequest:
+    return ChatRequest(
+        messages=[Message(role="user", content=render("negation.j2", statement=attribute.text))],
+        params=_params(sampling, max_tokens, seed, NEGATION_STAGE, attribute.id),
+        metadata={"stage": NEGATION_STAGE, "id": attribute.id},
+    )
+
+
+def parse_negation(text: str) -> str:
+    """First sentence of the reply, cleaned; "" when there is none."""
+    return parse_answer(text.replace("->", "\n"))
+
+
+def nli_request(
+    premise: str, hypothesis: str, item: str, seed: int, sampling: SamplingConfig, max_tokens: int = 16
+) -> ChatRequest:
+    return ChatRequest(
+        messages=[Message(role="user", content=render("nli.j2", premise=premise, hypothesis=hypothesis))],
+        params=_params(sampling, max_tokens, seed, NLI_STAGE, item),
+        json_schema=NLI_SCHEMA,
+        metadata={"stage": NLI_STAGE, "id": item},
+    )
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """{"answer": "yes"} -> True, "no" -> False; a bare yes/no is accepted too; otherwise None."""
+    start, end = text.find("{"), text.rfind("}")
+    if start != -1 and end > start:
+        try:
+            data = json.loads(text[start : end + 1])
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("answer"), str):
+            answer = data["answer"].strip().lower()
+            if answer in ("yes", "no"):
+                return bool(answer == "yes")
+    m = _YES_NO.search(text)
+    return None if m is None else m.group(1).lower() == "yes"
+
+
+class Negations:
+    """Negation text per attribute id, each requested at most once per run (in-flight requests shared)."""
+
+    def __init__(self, llm: LLMClient, seed: int, sampling: SamplingConfig, max_tokens: int) -> None:
+        self.llm, self.seed, self.sampling, self.max_tokens = llm, seed, sampling, max_tokens
+        self._futures: dict[str, asyncio.Future[str]] = {}
+
+    async def get(self, attributes: Sequence[Attribute]) -> list[str]:
+        loop = asyncio.get_running_loop()
+        mine = [a for a in dict((a.id, a) for a in attributes).values() if a.id not in self._futures]
+        for a in mine:
+            self._futures[a.id] = loop.create_future()
+        if mine:
+            requests = [negation_request(a, self.seed, self.sampling, self.max_tokens) for a in mine]
+            try:
+                results = await self.llm.complete(requests)
+            except BaseException as exc:
+                for a in mine:
+                    self._futures[a.id].set_exception(exc)
+                raise
+            for a, res in zip(mine, results, strict=True):
+                self._futures[a.id].set_result(parse_negation(res.text) if res.ok else "")
+        return [await self._futures[a.id] for a in attributes]
+
+
+class NLIJudge(Protocol):
+    async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
+        """Per member: True = inconsistent with the candidate, False = consistent, None = undecided."""
+        ...
+
+
+class NoJudge:
+    async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
+        return [False for _ in members]
+
+
+def _combine(forward: bool | None, backward: bool | None) -> bool | None:
+    if forward or backward:
+        return True
+    if forward is None or backward is None:
+        return None
+    return False
+
+
+class LLMJudge:
+    """Asks the LLM whether candidate ⊨ ¬member and whether member ⊨ ¬candidate (structured yes/no)."""
+
+    def __init__(self, llm: LLMClient, negations: Negations, seed: int, sampling: SamplingConfig, max_tokens: int):
+        self.llm, self.negations, self.seed, self.sampling, self.max_tokens = llm, negations, seed, sampling, max_tokens
+        self._memo: dict[tuple[str, str], bool | None] = {}
+
+    async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
+        if not members:
+            return []
+        negs = await self.negations.get([candidate, *members])
+        neg_cand, neg_members = negs[0], negs[1:]
+        if not neg_cand or not all(neg_members):
+            return [None for _ in members]
+        todo: list[tuple[tuple[str, str], ChatRequest]] = []
+        for m, neg_m in zip(members, neg_members, strict=True):
+            for key, premise, hyp in (
+                ((candidate.id, m.id), candidate.text, neg_m),
+                ((m.id, candidate.id), m.text, neg_cand),
+            ):
+                if key not in self._memo:
+                    item = f"{key[0]}|not:{key[1]}"
+                    todo.append((key, nli_request(premise, hyp, item, self.seed, self.sampling, self.max_tokens)))
+        if todo:
+            results = await self.llm.complete([r for _, r in todo])
+            for (key, _), res in zip(todo, results, strict=True):
+                self._memo[key] = parse_yes_no(res.text) if res.ok else None
+        return [_combine(self._memo[(candidate.id, m.id)], self._memo[(m.id, candidate.id)]) for m in members]
+
+
+class CrossEncoderJudge:
+    """A sentence-transformers CrossEncoder NLI model (e.g. a local copy of cross-encoder/nli-deberta-v3-base)
+    scores (candidate, ¬member) and (member, ¬candidate); "entailment" as top label means inconsistent."""
+
+    def __init__(self, model_path: str, negations: Negations) -> None:
+        self.model_path = model_path
+        self.negations = negations
+        self._model: Any = None
+        self._entail: int | None = None
+
+    def _load(self) -> Any:
+        if self._model is None:
+            import os
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import CrossEncoder
+
+            try:
+                model = CrossEncoder(self.model_path)
+            except Exception as exc:  # OSError, ValueError, HF errors: all mean "cannot use this path"
+                raise ConfigError(
+                    f"profiles.nli_model: cannot load cross-encoder {self.model_path!r} ({type(exc).__name__}: {exc})"
+                ) from None
+            id2label = getattr(model.model.config, "id2label", None) or {}
+            found = [int(i) for i, name in id2label.items() if "entail" in str(name).lower()]
+            if not found:
+                raise ConfigError(
+                    f"profiles.nli_model: {self.model_path!r} has no 'entailment' label (labels: {id2label})"
+                )
+            self._model, self._entail = model, found[0]
+        return self._model
+
+    async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
+        if not members:
+            return []
+        negs = await self.negations.get([candidate, *members])
+        neg_cand, neg_members = negs[0], negs[1:]
+        if not neg_cand or not all(neg_members):
+            return [None for _ in members]
+        pairs = [(candidate.text, n) for n in neg_members] + [(m.text, neg_cand) for m in members]
+        model = self._load()
+        scores = np.asarray(await asyncio.to_thread(model.predict, pairs, show_progress_bar=False))
+        top = scores.argmax(axis=1) == self._entail
+        k = len(members)
+        return [bool(top[i] or top[k + i]) for i in range(k)]
+
+
+def make_judge(cfg: ProfilesConfig, llm: LLMClient, seed: int, sampling: SamplingConfig) -> NLIJudge:
+    negations = Negations(llm, seed, sampling, cfg.negation_max_tokens)
+    if cfg.nli == "none":
+        return NoJudge()
+    if cfg.nli == "cross-encoder":
+        if not cfg.nli_model:
+            raise ConfigError("profiles.nli=cross-encoder needs profiles.nli_model (a local model folder)")
+        return CrossEncoderJudge(cfg.nli_model, negations)
+    return LLMJudge(llm, negations, seed, sampling, cfg.nli_max_tokens)
+
+
+async def _build_one(
+    k: int,
+    attributes: list[Attribute],
+    emb: np.ndarray[Any, Any],
+    judge: NLIJudge,
+    cfg: ProfilesConfig,
+    seed: int,
+    rejections: Counter[str],
+) -> list[int] | None:
+    r = rng.rng_for(seed, STAGE, k)
+    chosen: list[int] = []
+    for _ in range(cfg.size * cfg.max_tries_factor):
+        if len(chosen) == cfg.size:
+            break
+        cand = r.randrange(len(attributes))
+        if cand in chosen:
+            continue
+        if chosen and float((emb[chosen] @ emb[cand]).max()) > cfg.redundancy_threshold:
+            rejections["redundant"] += 1
+            continue
+        verdicts = await judge.contradicts(attributes[cand], [attributes[i] for i in chosen])
+        if any(v is True for v in verdicts):
+            rejections["inconsistent"] += 1
+            continue
+        if any(v is None for v in verdicts):
+            rejections["nli_failed"] += 1
+            continue
+        chosen.append(cand)
+    return chosen if len(chosen) == cfg.size else None
+
+
+async def build_profiles(
+    attributes: list[Attribute],
+    embedder: Embedder,
+    llm: LLMClient,
+    cfg: ProfilesConfig,
+    sampling: SamplingConfig,
+    seed: int,
+    stats: Stats | None = None,
+) -> ProfilesResult:
+    distinct = len({a.text for a in attributes})
+    if cfg.profiles and distinct < cfg.size:
+        raise ConfigError(f"profiles.size={cfg.size} but only {distinct} distinct attributes to draw from")
+    rejections: Counter[str] = Counter()
+    if cfg.profiles == 0:
+        return ProfilesResult([], {})
+    emb = embedder.encode([a.text for a in attributes])
+    judge = make_judge(cfg, llm, seed, sampling)
+    built = await asyncio.gather(
+        *(_build_one(k, attributes, emb, judge, cfg, seed, rejections) for k in range(cfg.profiles))
+    )
+    profiles: list[Profile] = []
+    seen: set[frozenset[str]] = set()
+    for k, chosen in enumerate(built):
+        if chosen is None:
+            rejections["incomplete"] += 1
+            continue
+        key = frozenset(attributes[i].text for i in chosen)
+        if key in seen:
+            rejections["duplicate_profile"] += 1
+            continue
+        seen.add(key)
+        profiles.append(
+            Profile(
+                id=f"profile-{k:06d}",
+                attributes=[attributes[i].text for i in chosen],
+                attribute_ids=[attributes[i].id for i in chosen],
+            )
+        )
+    if stats is not None:
+        stats.add(STAGE, "profiles", len(profiles))
+        for reason, n in rejections.items():
+            stats.add(STAGE, f"rejected_{reason}", n)
+    return ProfilesResult(profiles, dict(rejections))

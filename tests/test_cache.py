@@ -1,0 +1,137 @@
+"""The SQLite response cache: hit/miss, errors never cached, concurrent writers (threads and processes),
+entries committed before a SIGKILL survive it, and a second identical run pays zero calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams, Usage
+from personaloom.backends.cache import ResponseCache
+from personaloom.backends.fake import FakeBackend
+from personaloom.executors.local import LLM
+from personaloom.stats import Stats
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def result(text: str) -> ChatResult:
+    return ChatResult(texts=[text], usage=Usage(prompt_tokens=3, completion_tokens=2), finish_reason="stop",
+                      latency_s=0.5, retries=2)
+
+
+def test_hit_and_miss(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        assert cache.get("k1") is None
+        assert cache.put("k1", result("hello"))
+        hit = cache.get("k1")
+        assert hit is not None and hit.cached and hit.texts == ["hello"] and hit.retries == 0
+        assert hit.usage.completion_tokens == 2 and hit.finish_reason == "stop"
+        assert "k1" in cache and len(cache) == 1
+    with ResponseCache(tmp_path / "cache.sqlite") as again:  # persisted
+        assert again.get("k1") is not None
+
+
+def test_errors_are_not_cached(tmp_path: Path) -> None:
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        assert not cache.put("bad", ChatResult(error="HTTP 500"))
+        assert not cache.put("empty", ChatResult(texts=[]))
+        assert cache.get("bad") is None and len(cache) == 0
+
+
+def test_key_covers_what_determines_the_reply() -> None:
+    base = ChatRequest(messages=[Message(role="user", content="hi")], params=SamplingParams(seed=1))
+    key = base.cache_key("embedded", "m.gguf:1")
+    assert key == base.model_copy(update={"metadata": {"stage": "x"}}).cache_key("embedded", "m.gguf:1")
+    other_seed = base.model_copy(update={"params": SamplingParams(seed=2)})
+    assert len({key, other_seed.cache_key("embedded", "m.gguf:1"), base.cache_key("openai", "m.gguf:1"),
+                base.cache_key("embedded", "m.gguf:2")}) == 4
+
+
+def test_concurrent_writers_threads_and_processes(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path)
+    writer = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {SRC!r})
+        from personaloom.backends.base import ChatResult
+        from personaloom.backends.cache import ResponseCache
+        cache = ResponseCache({str(path)!r})
+        for i in range(150):
+            cache.put(f"proc{{sys.argv[1]}}-{{i}}", ChatResult(texts=[str(i)]))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(n)]) for n in range(2)]
+
+    def put_many(n: int) -> None:
+        for i in range(100):
+            cache.put(f"thread{n}-{i}", result(str(i)))
+
+    threads = [threading.Thread(target=put_many, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert len(cache) == 4 * 100 + 2 * 150
+    cache.close()
+
+
+def test_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    writer = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {SRC!r})
+        from personaloom.backends.base import ChatResult
+        from personaloom.backends.cache import ResponseCache
+        cache = ResponseCache({str(path)!r})
+        i = 0
+        while True:
+            cache.put(f"k{{i}}", ChatResult(texts=["x" * 2000 + str(i)]))
+            print(i, flush=True)  # only after the put returned, i.e. was committed
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    committed = -1
+    while committed < 200:
+        committed = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # The database is intact and holds every entry reported as committed.
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    with ResponseCache(path) as cache:
+        for i in range(committed + 1):
+            hit = cache.get(f"k{i}")
+            assert hit is not None and hit.text.endswith(str(i))
+
+
+def test_second_identical_run_makes_zero_calls(tmp_path: Path) -> None:
+    requests = [
+        ChatRequest(messages=[Message(role="user", content=f"q{i}")], params=SamplingParams(seed=i),
+                    metadata={"stage": "generate"})
+        for i in range(10)
+    ]
+
+    def invocation() -> tuple[Stats, list[ChatResult], FakeBackend]:
+        backend = FakeBackend()
+        stats = Stats()
+        with ResponseCache(tmp_path / "cache.sqlite") as cache:
+            results = LLM(backend, cache, stats, progress=False).run(requests)
+        return stats, results, backend
+
+    first_stats, first, first_backend = invocation()
+    assert first_stats.llm["calls"] == 10 and first_stats.llm["cache_hits"] == 0
+    assert len(first_backend.requests) == 10
+    second_stats, second, second_backend = invocation()
+    assert second_stats.llm["calls"] == 0 and second_stats.llm["cache_hits"] == 10
+    assert second_stats.llm["prompt_tokens"] == 0 and second_backend.requests == []
+    assert second_stats.to_dict()["stages"]["generate"]["cache_hits"] == 10
+    assert [r.texts for r in second] == [r.texts for r in first] and all(r.cached for r in second)

@@ -1,0 +1,151 @@
+"""The local executor (LLM): order, accounting per stage, one shared concurrency bound with no batch
+barrier (continuous scheduling), in-flight deduplication, error handling, and the progress display."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from personaloom.backends.base import Backend, ChatRequest, ChatResult, Message, SamplingParams, Usage
+from personaloom.backends.cache import ResponseCache
+from personaloom.errors import BackendError
+from personaloom.executors.local import LLM
+from personaloom.stats import Stats
+
+
+class TimedBackend(Backend):
+    """Replies after the delay named in the prompt ("sleep 0.2: ..."); records concurrency."""
+
+    kind = "timed"
+
+    def __init__(self, max_concurrency: int = 2) -> None:
+        self.max_concurrency = max_concurrency
+        self.active = 0
+        self.peak = 0
+        self.calls: list[str] = []
+        self.finished: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        return "timed"
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        out = []
+        for request in requests:
+            text = request.messages[-1].content
+            self.calls.append(text)
+            if text.startswith("boom"):
+                raise RuntimeError("backend bug")
+            if text.startswith("dead"):
+                raise BackendError("server gone")
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            await asyncio.sleep(float(text.split()[1].rstrip(":")) if text.startswith("sleep") else 0.01)
+            self.active -= 1
+            self.finished.append(text)
+            out.append(ChatResult(texts=[text.upper()], usage=Usage(prompt_tokens=4, completion_tokens=3),
+                                  finish_reason="stop"))
+        return out
+
+
+def req(text: str, stage: str = "generate") -> ChatRequest:
+    return ChatRequest(messages=[Message(role="user", content=text)], params=SamplingParams(seed=0),
+                       metadata={"stage": stage})
+
+
+def test_results_in_order_and_accounted_per_stage() -> None:
+    stats = Stats()
+    llm = LLM(TimedBackend(4), None, stats, progress=False)
+    results = llm.run([req("a"), req("b", "critic"), req("c")])
+    assert [r.text for r in results] == ["A", "B", "C"]
+    d = stats.to_dict()
+    assert d["llm"]["calls"] == 3 and d["llm"]["completion_tokens"] == 9
+    assert d["stages"]["generate"]["calls"] == 2 and d["stages"]["critic"]["calls"] == 1
+    assert llm.run([]) == []
+
+
+def test_shared_bound_without_batch_barrier() -> None:
+    """Two callers, concurrency 2: caller A's slow request must not hold back caller B's quick ones."""
+    backend = TimedBackend(2)
+    llm = LLM(backend, None, Stats(), progress=False)
+
+    async def go() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(
+            llm.complete([req("sleep 0.6: a-slow"), req("sleep 0.05: a-quick")]),
+            llm.complete([req(f"sleep 0.1: b{i}") for i in range(4)]),
+        )
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(go())
+    assert backend.peak == 2
+    # Continuous: one slot runs a-slow (0.6 s) while the other drains the 5 quick ones (0.45 s).
+    assert elapsed < 0.9, elapsed
+    assert backend.finished[-1] == "sleep 0.6: a-slow"
+
+
+def test_many_callers_keep_the_backend_saturated() -> None:
+    backend = TimedBackend(8)
+    llm = LLM(backend, None, Stats(), progress=False)
+    seen: list[int] = []
+
+    async def go() -> None:
+        async def watch() -> None:
+            while True:
+                seen.append(llm.in_flight)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(llm.complete([req(f"sleep 0.05: p{p}-{i}") for i in range(3)]) for p in range(20)))
+        watcher.cancel()
+
+    start = time.perf_counter()
+    asyncio.run(go())
+    elapsed = time.perf_counter() - start
+    assert backend.peak == 8 and max(seen) == 8
+    ideal = 60 * 0.05 / 8
+    assert elapsed < ideal * 2, (elapsed, ideal)
+
+
+def test_identical_requests_in_flight_are_sent_once(tmp_path: Path) -> None:
+    backend = TimedBackend(4)
+    stats = Stats()
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        llm = LLM(backend, cache, stats, progress=False)
+
+        async def go() -> list[list[ChatResult]]:
+            same = [req("sleep 0.2: same")]
+            return await asyncio.gather(llm.complete(same), llm.complete(same), llm.complete(same))
+
+        results = asyncio.run(go())
+    assert backend.calls == ["sleep 0.2: same"]
+    assert [r[0].text for r in results] == ["SLEEP 0.2: SAME"] * 3
+    assert sorted(r[0].cached for r in results) == [False, True, True]
+    assert stats.llm["calls"] == 1 and stats.llm["cache_hits"] == 2
+
+
+def test_backend_bug_becomes_an_error_result_and_backend_error_propagates() -> None:
+    stats = Stats()
+    llm = LLM(TimedBackend(2), None, stats, progress=False)
+    results = llm.run([req("fine"), req("boom now")])
+    assert results[0].ok and not results[1].ok and "backend bug" in (results[1].error or "")
+    assert stats.llm["errors"] == 1
+    with pytest.raises(BackendError, match="server gone"):
+        llm.run([req("sleep 0.5: x"), req("dead")])
+    assert llm.in_flight == 0
+
+
+def test_progress_display_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    backend = TimedBackend(2)
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        llm = LLM(backend, cache, Stats(), progress=True)
+        llm.run([req("a"), req("b", "critic")])
+        llm.run([req("a")])  # a hit
+        asyncio.run(llm.aclose())
+    quiet = LLM(backend, None, Stats(), progress=False)
+    assert quiet.run([req("c")])[0].ok

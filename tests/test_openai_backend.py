@@ -1,0 +1,221 @@
+"""The openai backend against the loopback server: retries (429 + Retry-After, 500, hang, truncated JSON),
+structured-output fallbacks, concurrency bound, unreachable server, and the API key kept secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from personaloom.backends import create_backend
+from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams
+from personaloom.backends.openai_compat import OpenAIBackend, check_structured
+from personaloom.config import BackendConfig
+from personaloom.errors import BackendError, ConfigError
+from personaloom.executors.local import LLM
+from personaloom.stats import Stats
+from servers import BAD_CONTENT, Faults, LoopbackServer, schema_instance, unreachable_url
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"question": {"type": "string"}, "score": {"type": "integer"}},
+    "required": ["question", "score"],
+}
+
+
+def backend_for(server: LoopbackServer, **overrides: Any) -> OpenAIBackend:
+    settings: dict[str, Any] = {
+        "kind": "openai", "model": "loopback-model", "base_url": server.url, "api_key_env": "PL_TEST_KEY",
+        "timeout_s": 5.0, "max_retries": 3, "retry_base_s": 0.01, "retry_max_s": 0.05,
+    }
+    settings.update(overrides)
+    backend = create_backend(BackendConfig(**settings))
+    assert isinstance(backend, OpenAIBackend)
+    return backend
+
+
+def req(text: str, *, seed: int | None = 1, n: int = 1, schema: dict[str, Any] | None = None) -> ChatRequest:
+    return ChatRequest(
+        messages=[Message(role="user", content=text)],
+        params=SamplingParams(seed=seed, n=n, max_tokens=32),
+        json_schema=schema,
+        metadata={"stage": "test"},
+    )
+
+
+def one(backend: OpenAIBackend, request: ChatRequest) -> ChatResult:
+    return backend.generate([request])[0]
+
+
+def test_plain_request_carries_sampling_params() -> None:
+    with LoopbackServer(keep_bodies=True) as server:
+        result = one(backend_for(server), req("hello there", n=3))
+        assert result.ok and len(result.texts) == 3 and result.text == "hello there"
+        assert result.usage.prompt_tokens == 2 and result.usage.completion_tokens > 0
+        assert result.finish_reason == "stop" and result.retries == 0
+        body = server.bodies[0]
+        assert body["top_k"] == 40 and body["seed"] == 1 and body["n"] == 3 and body["temperature"] == 0.7
+        assert body["max_tokens"] == 32
+
+
+def test_429_waits_for_retry_after() -> None:
+    with LoopbackServer(faults=Faults(first=("http_429",), retry_after_s=1.0)) as server:
+        start = time.perf_counter()
+        result = one(backend_for(server), req("rate limited"))
+        elapsed = time.perf_counter() - start
+        assert result.ok and result.retries == 1
+        assert elapsed >= 1.0, "Retry-After: 1 must be honoured (the backoff alone is 0.05 s at most)"
+        assert server.stats()["total"] == 2 and server.stats()["faults"] == {"http_429": 1}
+
+
+@pytest.mark.parametrize("fault", ["http_500", "truncated", "hang"])
+def test_transient_fault_is_retried(fault: str) -> None:
+    with LoopbackServer(faults=Faults(first=(fault, fault))) as server:
+        result = one(backend_for(server, timeout_s=0.5), req(f"survive {fault}"))
+        assert result.ok, result.error
+        assert result.retries == 2 and result.text == f"survive {fault}"
+        assert server.stats()["faults"] == {fault: 2}
+
+
+def test_persistent_500_becomes_an_error_result() -> None:
+    with LoopbackServer(faults=Faults(http_500=1.0)) as server:
+        backend = backend_for(server, max_retries=2)
+        results = backend.generate([req("doomed"), req("doomed too")])
+        assert [r.ok for r in results] == [False, False]
+        assert all(r.error and "HTTP 500" in r.error and r.retries == 2 for r in results)
+        assert server.stats()["total"] == 6
+
+
+def test_unreachable_server_raises_backend_error() -> None:
+    url = unreachable_url()
+    backend = create_backend(BackendConfig(kind="openai", model="m", base_url=url, max_retries=2,
+                                           retry_base_s=0.01, api_key_env="PL_TEST_KEY"))
+    start = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        backend.generate([req("anyone?"), req("hello?")])
+    message = str(info.value)
+    assert url in message and "--base-url" in message and "\n" not in message
+    assert info.value.exit_code == 2
+    assert time.perf_counter() - start < 5
+
+
+def test_structured_output_uses_response_format() -> None:
+    with LoopbackServer(keep_bodies=True) as server:
+        result = one(backend_for(server), req("a question please", schema=SCHEMA))
+        assert result.ok and json.loads(result.text) == schema_instance(SCHEMA)
+        assert server.bodies[0]["response_format"]["type"] == "json_schema"
+
+
+def test_structured_output_falls_back_to_json_object_then_prompt() -> None:
+    def reply(body: dict[str, Any], index: int) -> str:
+        fmt = body.get("response_format")
+        if fmt:
+            return json.dumps(schema_instance(fmt["schema"]))
+        # Prompt mode: the schema is in the prompt; answer in prose around a fenced JSON value.
+        assert "JSON schema" in body["messages"][-1]["content"]
+        return 'Sure!\n```json\n{"question": "What pets do you have?", "score": 3}\n```'
+
+    with LoopbackServer(reject_response_format=("json_schema",), reply=reply, keep_bodies=True) as server:
+        backend = backend_for(server)
+        first = one(backend, req("q1", schema=SCHEMA))
+        assert first.ok and json.loads(first.text) == schema_instance(SCHEMA)
+        second = one(backend, req("q2", schema=SCHEMA))
+        assert second.ok
+        types = [b.get("response_format", {}).get("type") for b in server.bodies]
+        # q1 tried json_schema, then json_object; q2 remembered that json_object works.
+        assert types == ["json_schema", "json_object", "json_object"]
+
+    with LoopbackServer(reject_response_format=("json_schema", "json_object"), reply=reply) as server:
+        backend = backend_for(server)
+        result = one(backend, req("q3", schema=SCHEMA))
+        assert result.ok and json.loads(result.text) == {"question": "What pets do you have?", "score": 3}
+        assert one(backend, req("q4", schema=SCHEMA)).ok
+        assert server.stats()["total"] == 4  # 3 for q3 (two rejected forms), 1 for q4
+
+
+def test_unparseable_structured_reply_is_reasked() -> None:
+    def reply(body: dict[str, Any], index: int) -> str:
+        # Garbage first; valid JSON once the conversation holds the bad reply and the re-ask.
+        if any(m["role"] == "assistant" for m in body["messages"]):
+            return json.dumps(schema_instance(SCHEMA))
+        return BAD_CONTENT
+
+    with LoopbackServer(reply=reply) as server:
+        result = one(backend_for(server), req("give me json", schema=SCHEMA))
+        assert result.ok and check_structured(result.text, SCHEMA)[0] is not None
+        assert result.retries == 1 and server.stats()["total"] == 2
+
+
+def test_reask_is_bounded() -> None:
+    with LoopbackServer(faults=Faults(bad_content=1.0)) as server:
+        result = one(backend_for(server, reask=2), req("never json", schema=SCHEMA))
+        # Kept as raw text (the stage turns it into a parse Failure), after 1 call + 2 re-asks.
+        assert result.ok and check_structured(result.text, SCHEMA)[0] is None
+        assert server.stats()["total"] == 3
+
+
+def test_concurrency_is_bounded() -> None:
+    with LoopbackServer(latency_s=0.1) as server:
+        backend = backend_for(server, concurrency=4)
+        start = time.perf_counter()
+        results = backend.generate([req(f"r{i}") for i in range(12)])
+        elapsed = time.perf_counter() - start
+        assert all(r.ok for r in results) and [r.text for r in results] == [f"r{i}" for i in range(12)]
+        assert server.stats()["max_in_flight"] == 4
+        assert 0.3 <= elapsed < 1.5
+
+
+def test_api_key_comes_from_env_and_stays_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    sentinel = "sk-SENTINEL-4242-do-not-leak"
+    monkeypatch.setenv("PL_TEST_KEY", sentinel)
+    with LoopbackServer(log_auth=True, faults=Faults(http_500=1.0)) as server:
+        backend = backend_for(server, max_retries=1)
+        result = one(backend, req("secret"))
+        assert server.auth_headers == [f"Bearer {sentinel}"] * 2
+        assert sentinel not in repr(backend) and sentinel not in str(result.model_dump())
+        assert sentinel not in backend.model_id
+    with LoopbackServer() as server:
+        assert server.auth_headers == []  # not logged unless asked
+
+
+def test_missing_key_placeholder_only_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PL_TEST_KEY", raising=False)
+    with LoopbackServer(log_auth=True) as server:
+        assert one(backend_for(server), req("no key")).ok
+        assert server.auth_headers and "PL_TEST_KEY" not in server.auth_headers[0]
+    with pytest.raises(ConfigError, match="PL_TEST_KEY"):
+        create_backend(BackendConfig(kind="openai", model="m", base_url="https://example.com/v1",
+                                     api_key_env="PL_TEST_KEY"))
+    with pytest.raises(ConfigError, match=r"backend\.model"):
+        create_backend(BackendConfig(kind="openai", base_url="http://127.0.0.1:9/v1"))
+
+
+def test_fault_mix_through_executor() -> None:
+    """Issue 7's mix: every request ends as a result (ok or error), retries are counted."""
+    faults = Faults(http_500=0.2, http_429=0.05, hang=0.05, truncated=0.05, bad_content=0.05, retry_after_s=0.05)
+    with LoopbackServer(faults=faults, latency_s=0.01, seed=7) as server:
+        backend = backend_for(server, timeout_s=0.4, max_retries=4, concurrency=32)
+        stats = Stats()
+        llm = LLM(backend, None, stats, progress=False)
+        requests = [req(f"pair {i}", seed=i) for i in range(120)]
+
+        async def go() -> list[ChatResult]:
+            # Many callers at once, as pairs are: they share the executor's semaphore.
+            parts = await asyncio.gather(*(llm.complete(requests[i : i + 10]) for i in range(0, 120, 10)))
+            return [r for part in parts for r in part]
+
+        results = asyncio.run(go())
+        assert len(results) == 120
+        ok = [r for r in results if r.ok]
+        assert len(ok) >= 110
+        assert all(r.error for r in results if not r.ok)
+        injected = server.stats()["faults"]
+        assert sum(injected.values()) >= 20
+        transport_faults = sum(v for k, v in injected.items() if k != "bad_content")
+        assert stats.llm["calls"] == 120
+        # Every transport fault cost one retry, except the last try of a request that failed for good.
+        assert stats.llm["retries"] == sum(r.retries for r in results) == transport_faults - stats.llm["errors"]
+        assert stats.llm["errors"] == len(results) - len(ok)
