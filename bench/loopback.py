@@ -64,7 +64,8 @@ class Server:
         # Keyed by what decides a reply's length (messages, max_tokens, n), not by client-specific
         # fields (model name, sampling, seed): two clients sending the same prompts get the same work.
         key = json.dumps([body.get("messages"), max_tokens, n], sort_keys=True)
-        rng = random.Random(f"{a.seed}:{hashlib.sha256(key.encode()).hexdigest()}")
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        rng = random.Random(f"{a.seed}:{digest}")
         lengths = []
         for _ in range(n):
             if a.reply_words is not None:
@@ -74,7 +75,8 @@ class Server:
         delay = a.latency + a.per_token * max(lengths)
         if a.sigma > 0:
             delay *= math.exp(rng.gauss(0.0, a.sigma))
-        texts = [" ".join(["word"] * k) for k in lengths]
+        # A tag per request and choice keeps replies distinct (a judge prompt that quotes one is unique too).
+        texts = [" ".join([f"r{digest[:10]}.{i}", *(["word"] * (k - 1))]) for i, k in enumerate(lengths)]
         return texts, delay
 
     async def _answer(self, body: dict[str, Any]) -> bytes:

@@ -1,7 +1,7 @@
 """Persona-stage scale benchmark: dedup + clustering + pairing at 100k attributes, and naive O(n²) at 10k.
 
-Data: synthetic unit vectors (dim 384) around 2,000 random topic centres (cosine ~0.6 to their centre,
-like attribute embeddings that share a topic), with 5% planted near-duplicates (cosine ~0.96 to an
+Data: synthetic unit vectors (dim 384) around 2,000 random topic centres (cosine ~0.8 to their centre,
+~0.64 to each other, like attribute embeddings that share a topic), with 5% planted near-duplicates (cosine ~0.96 to an
 earlier vector). Steps, each timed:
   dedup       greedy near-duplicate removal at cosine 0.9 (embed.dedup_mask on the faiss IVF index);
               recall of the planted duplicates is reported
@@ -32,7 +32,7 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray[Any, Any], np.ndarray[A
     g = np.random.default_rng(seed)
     centres = normalize_rows(g.standard_normal((2000, DIM)))
     topic = g.integers(0, len(centres), n)
-    x = normalize_rows(0.6 * centres[topic] + 0.8 * normalize_rows(g.standard_normal((n, DIM))))
+    x = normalize_rows(0.8 * centres[topic] + 0.6 * normalize_rows(g.standard_normal((n, DIM))))
     n_dup = n // 20
     dup_at = np.sort(g.choice(np.arange(n // 10, n), n_dup, replace=False))
     src = (g.random(n_dup) * dup_at).astype(np.int64)  # an earlier row

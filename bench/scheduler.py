@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loopback import spawn  # noqa: E402  (bench/ is not a package)
-
-from personaloom.backends.base import ChatRequest, Message, SamplingParams  # noqa: E402
-from personaloom.backends.cache import ResponseCache  # noqa: E402
-from personaloom.backends.openai_compat import OpenAIBackend  # noqa: E402
-from personaloom.config import BackendConfig  # noqa: E402
-from personaloom.executors.local import LLM  # noqa: E402
-from personaloom.stats import Stats  # noqa: E402
+from loopback import spawn
+from personaloom.backends.base import ChatRequest, Message, SamplingParams
+from personaloom.backends.cache import ResponseCache
+from personaloom.backends.openai_compat import OpenAIBackend
+from personaloom.config import BackendConfig
+from personaloom.executors.local import LLM
+from personaloom.stats import Stats
 
 T = TypeVar("T")
 
@@ -117,14 +116,17 @@ async def timing_phase(url: str, args: argparse.Namespace, folder: Path) -> floa
 
     async def one(i: int) -> str:
         result = (await llm.complete([request(i, "generate", "Tell me about your week.", 256)]))[0]
-        return result.text[:20]
+        return str(result.text[:20])
 
     # Warm the connection pool outside the clock: a long run pays that once.
     await llm.complete([request(-k, "warmup", "hi", 16) for k in range(args.concurrency)])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with (folder / "timing.jsonl").open("w") as out:
         n = await stream(iter(range(args.requests)), one, out, 2 * args.concurrency)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    # The client's own CPU per request bounds the request rate one core can drive, whatever the latency.
+    print(f"client CPU: {cpu:.1f} s = {1000 * cpu / n:.2f} ms per request (one free core drives at most "
+          f"{n / cpu:.0f} req/s; ideal here needs {args.concurrency / args.latency:.0f} req/s)")
     await llm.aclose()
     calls, errors = llm.stats.llm["calls"], llm.stats.llm["errors"]
     cache.close()
@@ -144,7 +146,8 @@ def main() -> None:
           f"{2 * args.concurrency} producer tasks; requests={args.requests}, conversations={args.conversations} "
           f"(2 requests each)")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
-    with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp, spawn(latency=args.latency, lo=0.2, hi=1.0) as url:
+    server = spawn(latency=args.latency, lo=0.2, hi=1.0)
+    with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp, server as url:
         folder = Path(tmp)
         peak_1k, peak_10k, cur_1k, cur_10k = asyncio.run(memory_phase(url, args, folder))
         print(f"peak RSS: {peak_1k:.1f} MB after 1,000 conversations, {peak_10k:.1f} MB after "

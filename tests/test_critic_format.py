@@ -138,3 +138,12 @@ def test_trimmed_candidate_that_passes_says_so() -> None:
     assert isinstance(out, Conversation)
     v = check_format(out, 6)
     assert v.decision == "pass" and "cut before its first defect (same_speaker)" in v.rationale
+
+
+@pytest.mark.parametrize("utterance", ["Hey I'm (User 1).", "Hi, I am (your name)!", "Call me (name)."])
+def test_parenthesised_slots_are_placeholders(utterance: str) -> None:
+    assert "placeholders" in format_reasons(conv(GOOD.replace("Hi! How was your weekend?", utterance)), 6)
+
+
+def test_parentheses_in_prose_are_fine() -> None:
+    assert format_reasons(conv(GOOD.replace("Was it", "(It is hard.) Was it")), 6) == []

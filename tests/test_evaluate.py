@@ -226,6 +226,10 @@ def test_parsers() -> None:
     assert F.parse_statement("line one\nline two", forbidden) is None
     assert F.parse_statement("", forbidden) is None
     assert F.parse_statement(" ".join(["word"] * 40), forbidden) is None
+    prompt = F.distractor_requests(F.FaithItem(_faith_data()[0], 1, ["I have a cat."], []))[1].messages[-1].content
+    copied = "I am allergic to animals and have never had a pet."  # the template's own example
+    assert copied in prompt and F.parse_statement(copied, forbidden, prompt) is None
+    assert F.parse_statement("I am scared of cats.", forbidden, prompt) == "I am scared of cats."
 
 
 def _faith_data() -> list[Conversation]:
@@ -388,6 +392,14 @@ def test_evaluate_with_fake_judge_and_run_dir(tmp_path: Path) -> None:
     (run / "report.html").unlink()
     path = build_report(run)
     assert path == run / "report.html" and path.read_text().count("data:image/png;base64,") >= 6
+
+
+def test_run_dir_with_no_conversations_still_gets_a_report(tmp_path: Path) -> None:
+    (tmp_path / "conversations.jsonl").write_text("")
+    (tmp_path / "stats.json").write_text(json.dumps({"llm": {"calls": 1}, "failures": {"no_candidate_survived": 2}}))
+    metrics = asyncio.run(evaluate(tmp_path, None, tmp_path, judge=None))
+    assert metrics["conversations"] == 0 and metrics["ir_hits_at_1"]["with_persona"] is None
+    assert "no_candidate_survived" in (tmp_path / "report.html").read_text()
 
 
 def test_build_report_errors(tmp_path: Path) -> None:

@@ -54,12 +54,16 @@ def test_parse_questions_strips_markers_and_rejects_non_questions() -> None:
         "What is your [name]?\n"
         "1. What pets do you have?\n"
         "Why?\n"
+        'When asked, "What music do you like?\n'
+        "I'm curious about your food - What do you eat for breakfast?\n"
     )
     assert qi.parse_questions(text) == [
         "What pets do you have?",
         "Where do you live?",
         "What is your favorite food?",
         "What do you do for a living?",
+        "What music do you like?",
+        "What do you eat for breakfast?",
     ]
     assert qi.question_rejection("I like dogs.")[0] == "not_a_question"
     assert qi.question_rejection("What is the capital of France?")[0] == "not_personal"
@@ -94,6 +98,9 @@ def test_parse_answer_and_filters() -> None:
     assert pb.answer_rejection("I am an AI language model.", persona, 20) == "meta"
     assert pb.answer_rejection("My name is [name].", persona, 20) == "placeholder"
     assert pb.answer_rejection("", persona, 20) == "empty"
+    assert pb.answer_rejection(pb.parse_answer('I" or "My.'), persona, 20) == "not_i_my"
+    assert pb.answer_rejection('I said "hello" to him.', persona, 20) == "malformed"
+    assert pb.answer_rejection("I'm a baker in Paris.", persona, 20) is None
 
 
 def test_cluster_small_and_scalable_paths_agree_on_structure(embedder: Embedder) -> None:

@@ -47,7 +47,7 @@ def _responder(request: ChatRequest) -> str:
         statement = json.loads(request.messages[0].content.split("Statement: ", 1)[1].splitlines()[0])
         return f"Opposite: I deny that {statement}"
     prompt = request.messages[0].content
-    contradiction = "hate" in prompt and "two dogs" in prompt
+    contradiction = "hate" in prompt and "two dogs" in prompt and "deny" in prompt
     return json.dumps({"answer": "yes" if contradiction else "no"})
 
 
@@ -100,6 +100,15 @@ def test_unparseable_nli_rejects_and_none_judge_skips(embedder: Embedder) -> Non
     cfg_none = ProfilesConfig(profiles=3, size=3, nli="none")
     res2 = asyncio.run(pr.build_profiles(_attrs(), embedder, BackendClient(none), cfg_none, SamplingConfig(), seed=0))
     assert len(res2.profiles) == 3 and none.requests == []
+
+
+def test_always_yes_judge_abstains(embedder: Embedder) -> None:
+    # A judge that says "yes" to a statement and to its negation gives no evidence either way.
+    fake = FakeBackend(lambda r: "I deny it." if r.metadata["stage"] == "profiles.negation" else '{"answer": "yes"}')
+    cfg = ProfilesConfig(profiles=3, size=3)
+    res = asyncio.run(pr.build_profiles(_attrs(), embedder, BackendClient(fake), cfg, SamplingConfig(), seed=0))
+    assert len(res.profiles) == 3
+    assert res.rejections["nli_abstained"] > 0 and "inconsistent" not in res.rejections
 
 
 def test_too_few_attributes_is_a_config_error(embedder: Embedder) -> None:

@@ -78,7 +78,10 @@ class ExpandConfig(Record):
 
 
 class ProfilesConfig(Record):
-    profiles: int = Field(8, ge=0)
+    # Defaults are sized for `personaloom run` on a 2-core laptop with the embedded model (minutes);
+    # scale with --pairs / --set profiles.profiles=... .
+    # Unset in a config: derived from the pairs to make (build_config).
+    profiles: int = Field(7, ge=0)
     size: int = Field(5, ge=1)
     # A candidate whose cosine to an attribute already in the profile exceeds this is redundant.
     redundancy_threshold: float = 0.9
@@ -93,17 +96,18 @@ class ProfilesConfig(Record):
 
 
 class PairConfig(Record):
-    max_pairs: int = Field(6, ge=0)
+    # Unset in a config: generate.pairs (build_config).
+    max_pairs: int = Field(3, ge=0)
     # Similarity = attribute pairs (one from each profile) in the same cluster; pairs need at least this.
     threshold: int = Field(2, ge=0)
     max_uses: int = Field(1, ge=1)
     keep_seed_pairs: bool = False
     # Most similar partners kept per profile when collecting candidates (bounds memory at 100k+).
-    candidates_per_profile: int = Field(50, ge=1)
+    candidates_per_profile: int = Field(10, ge=1)
 
 
 class GenerateConfig(Record):
-    pairs: int = 6
+    pairs: int = 3
     candidates: int = Field(3, ge=1)
     iterations: int = Field(3, ge=1)
     few_shot: int = Field(5, ge=0)
@@ -155,6 +159,20 @@ class CriticConfig(Record):
         return value
 
 
+class RayConfig(Record):
+    """--executor ray: where and how the backend runs on Ray Data (executors/ray.py)."""
+
+    # None: RAY_ADDRESS or a local instance; "auto" or "ray://host:10001" joins a cluster.
+    address: str | None = None
+    # tasks keep the backend in reused worker processes; actors (with num_gpus) suit GPU clusters.
+    workers: Literal["tasks", "actors"] = "tasks"
+    actors: int = Field(2, ge=1)
+    num_cpus: int | None = None
+    num_gpus: float = Field(0.0, ge=0)
+    max_batch: int = Field(256, ge=1)
+    wait_ms: float = Field(50.0, ge=0)
+
+
 class RunConfig(Record):
     seed: int = 0
     out: str = "out"
@@ -169,6 +187,7 @@ class RunConfig(Record):
     pair: PairConfig = Field(default_factory=PairConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -243,6 +262,8 @@ def build_config(
                 child = node[part] = {}
             node = child
         node[parts[-1]] = value
+    _small_model_defaults(data)
+    _derive_sizes(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -250,6 +271,35 @@ def build_config(
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         source = f"{path}: " if path is not None else ""
         raise ConfigError(f"{source}setting {loc}: {err['msg']}") from None
+
+
+def _derive_sizes(data: dict[str, Any]) -> None:
+    """--pairs N alone scales the whole run: N pairs to make, and 2N/max_uses profiles (+1 spare, in
+    case one cannot be completed), unless those are set too."""
+    generate, pair, profiles = (data.get(k) for k in ("generate", "pair", "profiles"))
+    pairs = generate.get("pairs") if isinstance(generate, dict) else None
+    if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 0:
+        return
+    pair = data.setdefault("pair", {}) if pair is None else pair
+    profiles = data.setdefault("profiles", {}) if profiles is None else profiles
+    if not isinstance(pair, dict) or not isinstance(profiles, dict):
+        return
+    pair.setdefault("max_pairs", pairs)
+    max_pairs, max_uses = pair.get("max_pairs"), pair.get("max_uses", 1)
+    if isinstance(max_pairs, int) and isinstance(max_uses, int) and max_uses > 0:
+        profiles.setdefault("profiles", -(-2 * max_pairs // max_uses) + 1)
+
+
+def _small_model_defaults(data: dict[str, Any]) -> None:
+    """The embedded SmolLM2-135M loops at the paper's temperature 0.7 (measured: 0 of 12 candidates
+    pass the format expert as written, 7 of 10 at 1.0), so its generator samples at 1.0 unless the
+    user set a generator temperature. Written into config.yaml like any other setting."""
+    backend = data.get("backend")
+    kind = backend.get("kind", "embedded") if isinstance(backend, dict) else "embedded"
+    model = backend.get("model") if isinstance(backend, dict) else None
+    generate = data.setdefault("generate", {})
+    if kind == "embedded" and model is None and isinstance(generate, dict) and "temperature" not in generate:
+        generate["temperature"] = 1.0
 
 
 def dump_config(config: RunConfig) -> str:

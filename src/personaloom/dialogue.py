@@ -20,9 +20,10 @@ from personaloom.records import Turn
 
 DEFECT_KINDS = ("empty", "blank_lines", "unprefixed", "placeholders", "same_speaker")
 
-# "User 1:", "**User 1:**", "**User 1**:", "Person 2 -", "user1:", "Speaker 2:", "U1:" (case-insensitive)
+# "User 1:", "**User 1:**", "**User 1**:", "Person 2 -", "user1:", "Speaker 2:", "U1:", "- User 2:"
+# (case-insensitive)
 _PREFIX = re.compile(
-    r"""^\s*(?:[*_]{1,2}\s*)?
+    r"""^\s*(?:[-•]\s+)?(?:[*_]{1,2}\s*)?
         (?:user|person|speaker|u|p)\s*[-_]?\s*(?P<n>[12])
         \s*(?:[*_]{1,2}\s*)?[:\-–—]\s*(?:[*_]{1,2}\s*)?
     """,

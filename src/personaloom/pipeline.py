@@ -13,6 +13,7 @@ to the response cache when it arrives, so redoing the stage pays only for calls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -25,7 +26,7 @@ from rich.console import Console
 
 from personaloom.backends.base import Backend, LLMClient
 from personaloom.config import BackendConfig, RunConfig, dump_config
-from personaloom.errors import ConfigError, InputError
+from personaloom.errors import ConfigError, InputError, OutputError
 from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
 from personaloom.stats import Stats
@@ -127,11 +128,21 @@ class Clients:
     def for_backend(self, bcfg: BackendConfig) -> LLMClient:
         key = bcfg.model_dump_json()
         if key not in self._clients:
-            from personaloom.backends import create_backend
-            from personaloom.executors.local import LLM
+            if self.config.executor == "ray":
+                from personaloom.executors.ray import RayLLM
 
-            backend: Backend = create_backend(bcfg)
-            self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True)
+                r = self.config.ray
+                self._clients[key] = RayLLM(
+                    bcfg, self._cache_obj(), self.stats, progress=True, address=r.address, workers=r.workers,
+                    actors=r.actors, num_cpus=r.num_cpus, max_batch=r.max_batch, wait_ms=r.wait_ms,
+                    remote_args={"num_gpus": r.num_gpus} if r.num_gpus else None,
+                )
+            else:
+                from personaloom.backends import create_backend
+                from personaloom.executors.local import LLM
+
+                backend: Backend = create_backend(bcfg)
+                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True)
         client: LLMClient = self._clients[key]
         return client
 
@@ -479,9 +490,13 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
                 f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
                 f"(also spc.csv, dataset/, README.md, stats.json, report.html)"
             )
-    finally:
-        # Counters of this invocation are worth keeping even when it stopped early.
-        pipe.write_stats(started)
+    except BaseException:
+        # Counters of this invocation are worth keeping even when it stopped early, but failing to
+        # write them (disk full) must not hide the error that stopped the run.
+        with contextlib.suppress(OutputError):
+            pipe.write_stats(started)
+        raise
+    pipe.write_stats(started)
     llm = pipe.stats.llm
     console.print(
         f"LLM calls {llm['calls']} (cache hits {llm['cache_hits']}), tokens {llm['prompt_tokens']} prompt + "

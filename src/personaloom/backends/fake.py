@@ -28,10 +28,13 @@ class FakeBackend(Backend):
         model: str = "fake-model",
         max_concurrency: int = 16,
         delay_s: float = 0.0,
+        n_ctx: int | None = None,
     ) -> None:
         self._model = model
         self.max_concurrency = max_concurrency
         self.delay_s = delay_s
+        # A context window in words: longer prompts give an error result, as a real model would.
+        self.n_ctx = n_ctx
         self.requests: list[ChatRequest] = []
         self._replies = replies
         self._next = 0
@@ -59,8 +62,11 @@ class FakeBackend(Backend):
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             self.requests.append(request)
-            texts = [self._reply(request) for _ in range(max(1, request.params.n))]
             prompt_tokens = sum(len(m.content.split()) for m in request.messages)
+            if self.n_ctx is not None and prompt_tokens > self.n_ctx:
+                results.append(ChatResult(error=f"prompt of {prompt_tokens} tokens exceeds n_ctx {self.n_ctx}"))
+                continue
+            texts = [self._reply(request) for _ in range(max(1, request.params.n))]
             results.append(
                 ChatResult(
                     texts=texts,

@@ -123,8 +123,9 @@ def distractor_requests(item: FaithItem, seed: int = 0) -> list[ChatRequest]:
     ]
 
 
-def parse_statement(text: str, forbidden: set[str]) -> str | None:
-    """The statement from a JSON or plain reply; None when unusable as a distractor."""
+def parse_statement(text: str, forbidden: set[str], prompt: str = "") -> str | None:
+    """The statement from a JSON or plain reply; None when unusable as a distractor: empty, several lines,
+    too long, one of `forbidden` (normalised), or copied from the prompt (small models echo its examples)."""
     stripped = text.strip()
     statement: str | None = None
     if "{" in stripped:
@@ -142,6 +143,8 @@ def parse_statement(text: str, forbidden: set[str]) -> str | None:
     statement = " ".join(statement.strip().strip("\"'“”").split())
     norm = normalise_attribute(statement)
     if not norm or len(statement.split()) > MAX_DISTRACTOR_WORDS or norm in forbidden:
+        return None
+    if prompt and f" {norm} " in f" {normalise_attribute(prompt)} ":
         return None
     return statement
 
@@ -162,7 +165,7 @@ def assemble(item: FaithItem, negation: str | None, contradiction: str | None, s
     item.candidates = cands
 
 
-def judge_request(item: FaithItem, seed: int = 0, max_tokens: int = 48) -> ChatRequest:
+def judge_request(item: FaithItem, seed: int = 0, max_tokens: int = 64) -> ChatRequest:
     prompt = render(
         "judge_faithfulness.j2",
         speaker=item.speaker,
@@ -253,9 +256,11 @@ async def run_faithfulness(
     for i, it in enumerate(items):
         forbidden = {normalise_attribute(a) for a in (*it.conversation.user1_persona, *it.conversation.user2_persona)}
         neg_res, con_res = results[2 * i], results[2 * i + 1]
-        neg = parse_statement(neg_res.text, forbidden) if neg_res.ok else None
-        con = parse_statement(con_res.text, forbidden | ({normalise_attribute(neg)} if neg else set()))
-        con = con if con_res.ok else None
+        neg_prompt, con_prompt = (r.messages[-1].content for r in requests[2 * i : 2 * i + 2])
+        neg = parse_statement(neg_res.text, forbidden, neg_prompt) if neg_res.ok else None
+        if neg is not None:
+            forbidden.add(normalise_attribute(neg))
+        con = parse_statement(con_res.text, forbidden, con_prompt) if con_res.ok else None
         made["negation"] += neg is not None
         made["contradiction"] += con is not None
         assemble(it, neg, con, seed)

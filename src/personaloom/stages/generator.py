@@ -26,7 +26,7 @@ from personaloom.dialogue import (
 )
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Turn
-from personaloom.stages.critic.format_expert import is_near_duplicate, word_set
+from personaloom.stages.critic.format_expert import has_slot, is_near_duplicate, word_set
 
 STAGE = "generate"
 _WORD = re.compile(r"[a-z0-9']+")
@@ -136,7 +136,7 @@ def _cut_reason(turn: Turn, kept: list[Turn], seen: dict[str, int]) -> str | Non
         return "empty_utterance"
     if kept and kept[-1].speaker == turn.speaker:
         return "same_speaker"
-    if has_placeholder(turn.text):
+    if has_slot(turn.text):
         return "placeholders"
     key = " ".join(_WORD.findall(turn.text.lower()))
     if key and (seen.get(key, 0) >= 2 or (seen.get(key, 0) >= 1 and len(key.split()) > 3)):

@@ -7,7 +7,7 @@ labels for the new attributes.
 
 Filters, in order (the first that fails names the rejection):
   empty / not_i_my (must start with "I" or "My") / too_short (< 3 words) / too_long (> max_words) /
-  question / placeholder ("[name]") / meta ("as an AI ...") / copy (same words as a persona line, or
+  question / placeholder ("[name]") / malformed (quotes, brackets) / meta ("as an AI ...") / copy (same words as a persona line, or
   contained in one) / not_novel (cosine >= novelty_threshold to an attribute already kept, seed or new).
 
 Novelty threshold (ExpandConfig.novelty_threshold, default 0.85; the paper gives none): measured with
@@ -38,7 +38,7 @@ ANSWER_STAGE = "expand.bootstrap"
 _PREFIX = re.compile(r"^\s*(?:[-*•>]+|\d{1,3}[.)]|(?:answer|a|response|opposite|negation)\s*:)\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’`*_ "
 _FIRST_SENTENCE = re.compile(r"^(.+?[.!?])[\"'”’]?(?:\s|$)")
-_I_MY = re.compile(r"^(?:I|My)\b")
+_I_MY = re.compile(r"^(?:I(?:'m|'ve|'d|'ll)?|My) [A-Za-z]")
 _META = re.compile(r"\b(?:an? (?:AI|assistant|chatbot|language model)|as an ai)\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -112,6 +112,8 @@ def answer_rejection(answer: str, persona: Sequence[str], max_words: int) -> str
         return "question"
     if has_placeholder(answer):
         return "placeholder"
+    if any(ch in answer for ch in '"“”{}[]<>|\\'):
+        return "malformed"
     if _META.search(answer):
         return "meta"
     words = " ".join(_words(answer))

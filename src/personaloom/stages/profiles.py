@@ -9,6 +9,8 @@ A candidate attribute is rejected when
                  the attribute entails the candidate's negation. Negations are written by the LLM, one
                  request per attribute (seeded by the attribute id, so cacheable and paid once);
   negation_failed / nli_failed: the LLM gave nothing usable — rejected, since consistency is unproven.
+  (nli_abstained, not a rejection: the "llm" judge also said the un-negated statement follows, i.e.
+  "yes" to everything; such an answer is ignored — see LLMJudge.)
 Judges (cfg.nli): "llm" asks yes/no with a JSON schema on the request (structured output); "cross-encoder"
 runs a sentence-transformers CrossEncoder NLI model from the local path cfg.nli_model; "none" skips (b).
 Profile k draws from rng_for(seed, "profiles", k) alone, so profiles are built concurrently and still
@@ -153,11 +155,27 @@ def _combine(forward: bool | None, backward: bool | None) -> bool | None:
 
 
 class LLMJudge:
-    """Asks the LLM whether candidate ⊨ ¬member and whether member ⊨ ¬candidate (structured yes/no)."""
+    """Asks the LLM whether candidate ⊨ ¬member and whether member ⊨ ¬candidate (structured yes/no).
+
+    Each question has a control with the un-negated statement (candidate ⊨ member, ...). A judge that
+    says "yes" to both a statement and its negation has given no information (SmolLM2-135M says "yes" to
+    nearly everything): that direction counts as no evidence of contradiction, and `abstained` counts it.
+    """
 
     def __init__(self, llm: LLMClient, negations: Negations, seed: int, sampling: SamplingConfig, max_tokens: int):
         self.llm, self.negations, self.seed, self.sampling, self.max_tokens = llm, negations, seed, sampling, max_tokens
-        self._memo: dict[tuple[str, str], bool | None] = {}
+        self._memo: dict[tuple[str, str, str], bool | None] = {}
+        self.abstained = 0
+
+    def _direction(self, premise_id: str, other_id: str) -> bool | None:
+        neg = self._memo[(premise_id, other_id, "not")]
+        pos = self._memo[(premise_id, other_id, "is")]
+        if neg is None or pos is None:
+            return None
+        if neg and pos:
+            self.abstained += 1
+            return False
+        return neg
 
     async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
         if not members:
@@ -166,20 +184,24 @@ class LLMJudge:
         neg_cand, neg_members = negs[0], negs[1:]
         if not neg_cand or not all(neg_members):
             return [None for _ in members]
-        todo: list[tuple[tuple[str, str], ChatRequest]] = []
+        todo: list[tuple[tuple[str, str, str], ChatRequest]] = []
         for m, neg_m in zip(members, neg_members, strict=True):
             for key, premise, hyp in (
-                ((candidate.id, m.id), candidate.text, neg_m),
-                ((m.id, candidate.id), m.text, neg_cand),
+                ((candidate.id, m.id, "not"), candidate.text, neg_m),
+                ((candidate.id, m.id, "is"), candidate.text, m.text),
+                ((m.id, candidate.id, "not"), m.text, neg_cand),
+                ((m.id, candidate.id, "is"), m.text, candidate.text),
             ):
                 if key not in self._memo:
-                    item = f"{key[0]}|not:{key[1]}"
+                    item = f"{key[0]}|{key[2]}:{key[1]}"
                     todo.append((key, nli_request(premise, hyp, item, self.seed, self.sampling, self.max_tokens)))
         if todo:
             results = await self.llm.complete([r for _, r in todo])
             for (key, _), res in zip(todo, results, strict=True):
                 self._memo[key] = parse_yes_no(res.text) if res.ok else None
-        return [_combine(self._memo[(candidate.id, m.id)], self._memo[(m.id, candidate.id)]) for m in members]
+        return [
+            _combine(self._direction(candidate.id, m.id), self._direction(m.id, candidate.id)) for m in members
+        ]
 
 
 class CrossEncoderJudge:
@@ -309,6 +331,8 @@ async def build_profiles(
                 attribute_ids=[attributes[i].id for i in chosen],
             )
         )
+    if isinstance(judge, LLMJudge) and judge.abstained:
+        rejections["nli_abstained"] = judge.abstained  # not a rejection: judged "yes" to both, ignored
     if stats is not None:
         stats.add(STAGE, "profiles", len(profiles))
         for reason, n in rejections.items():

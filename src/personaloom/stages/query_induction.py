@@ -8,9 +8,10 @@ Clustering (`cluster`):
 - n <= agglomerative_max: scikit-learn AgglomerativeClustering, cosine metric, average linkage,
   `distance_threshold` — the paper's method. It needs the condensed distance matrix (n²/2 float64:
   400 MB at 10k), hence the switch.
-- above: two leader passes on an HNSW index (`embed.greedy_leaders`), O(n log n) time and O(n·dim)
-  memory. Pass 1 makes micro-clusters of radius threshold/2 (each row joins its nearest leader when
-  the cosine distance is below that, in row order). Pass 2 groups micro-clusters: by the same
+- above: leader clustering on a vector index (`embed.greedy_leaders`), O(n·leaders) time at worst
+  (sublinear per row once the faiss IVF index takes over) and O(n·dim) memory. Pass 1 makes
+  micro-clusters of radius 0.75 * threshold (each row joins its nearest leader when the cosine
+  distance is below that, in row order; searching only the leaders, which are few on topical data). Pass 2 groups micro-clusters: by the same
   average-linkage agglomerative clustering over their centroids when they are few enough, else by a
   second leader pass over the centroids at the full threshold. For unit vectors the average cosine
   distance between two groups equals 1 - <mean_a, mean_b>, so clustering centroids approximates
@@ -36,6 +37,8 @@ from personaloom.embed import FloatArray, IntArray, NeighborIndex, greedy_leader
 from personaloom.prompts import render
 
 QUESTION_STAGE = "expand.queries"
+# Leader radius as a fraction of the clustering threshold (scalable path, pass 1).
+LEADER_RADIUS = 0.75
 
 
 # -- clustering ---------------------------------------------------------------------------------
@@ -80,7 +83,7 @@ def cluster(embeddings: npt.ArrayLike, distance_threshold: float, agglomerative_
         return np.zeros(1, dtype=np.int64)
     if n <= agglomerative_max:
         return _relabel(_agglomerative(emb, distance_threshold))
-    micro, _ = greedy_leaders(emb, 1.0 - distance_threshold / 2, NeighborIndex(emb.shape[1]))
+    micro, _ = greedy_leaders(emb, 1.0 - LEADER_RADIUS * distance_threshold, NeighborIndex(emb.shape[1]))
     micro = _relabel(micro)
     cents = centroids(emb, micro)
     if len(cents) == 1:
@@ -182,7 +185,14 @@ def question_rejection(line: str, max_words: int = 25) -> tuple[str | None, str]
         return "not_a_question", s
     # The sentence that holds the first "?": drops "Sure! " before it and any answer after it.
     parts = _SENTENCE_SPLIT.split(s[: s.index("?") + 1])
-    s = parts[-1].strip().strip(_QUOTES)
+    s = parts[-1].strip()
+    # 'The question could be: "What pets do you have?' / '... food - What do you eat?': keep the quoted
+    # or introduced part
+    for sep in ('"', "“", ": ", " - ", " – "):
+        head, found, tail = s.rpartition(sep)
+        if found and head and len(tail.split()) >= 3:
+            s = tail
+    s = s.strip().strip(_QUOTES)
     if not s.endswith("?"):
         s += "?"
     words = s.split()

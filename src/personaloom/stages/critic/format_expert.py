@@ -3,7 +3,7 @@
 Reasons (codes, first in the rationale, then details):
   empty            no utterance at all
   empty_utterance  a speaker prefix with nothing after it
-  placeholders     a bracketed template slot such as "[name]" or "[User 1's name]"
+  placeholders     a template slot such as "[name]", "[User 1's name]" or "(User 1)"
   unprefixed       a line between utterances that no speaker prefix attributes ("* * *", "[Later]")
   same_speaker     two consecutive utterances by the same speaker
   too_short        fewer than `min_utterances` utterances
@@ -47,6 +47,17 @@ _MAX_SAME_4GRAM = 3
 # most SmolLM2-135M replies.
 NEAR_DUPLICATE = 0.6
 _MAX_NEAR_SHARE = 0.2
+
+
+# Slots small models write in parentheses: "I'm (User 1).", "(your name)".
+_PAREN_SLOT = re.compile(
+    r"\(\s*(?:(?:user|person|speaker)\s*[12]\b|(?:your |my |user's |his |her )?name\b)[^()]{0,20}\)", re.IGNORECASE
+)
+
+
+def has_slot(text: str) -> bool:
+    """A template slot: bracketed (DESIGN.md §3, e.g. "[User 1's name]") or "(User 1)", "(your name)"."""
+    return has_placeholder(text) or _PAREN_SLOT.search(text) is not None
 
 
 def _words(text: str) -> list[str]:
@@ -128,7 +139,7 @@ def format_problems(conv: Conversation, min_utterances: int) -> list[tuple[str, 
     else:
         if "empty_utterance" in defects or any(not t.text.strip() for t in turns):
             found.append(("empty_utterance", "a speaker prefix with no text"))
-        slots = [i for i, t in enumerate(turns, start=1) if has_placeholder(t.text)]
+        slots = [i for i, t in enumerate(turns, start=1) if has_slot(t.text)]
         if slots or "placeholders" in defects:
             found.append(("placeholders", f"template slot in utterance(s) {slots}" if slots else "template slot"))
         if "unprefixed" in defects:

@@ -43,8 +43,9 @@ class PairOutcome:
     verdicts: list[Verdict] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     selected: Conversation | None = None
-    # {"generate" | "critic": {"calls", "cached", "prompt_tokens", "completion_tokens"}}: every
-    # result's usage, cached ones included (the cost of this conversation, not of this invocation).
+    # {"generate" | "critic": {"calls", "prompt_tokens", "completion_tokens"}}: every result's usage,
+    # cached ones included (the cost of this conversation, not of this invocation, so that a
+    # conversation recomputed from the cache is byte-identical).
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -66,10 +67,9 @@ def enabled(critic: CriticConfig, names: tuple[Expert, ...]) -> list[Expert]:
 
 
 def _account(tokens: dict[str, dict[str, int]], role: str, results: list[ChatResult]) -> None:
-    row = tokens.setdefault(role, {"calls": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    row = tokens.setdefault(role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
     for r in results:
         row["calls"] += 1
-        row["cached"] += int(r.cached)
         row["prompt_tokens"] += r.usage.prompt_tokens
         row["completion_tokens"] += r.usage.completion_tokens
 
@@ -220,7 +220,7 @@ async def generate_and_critique(
     out.failures.extend(failures)
     weights: dict[str, float] = {e: expert_config(c, e).weight for e in enabled(c, QUALITY_EXPERTS)}
     result = vote([x.id for x in out.candidates], out.verdicts, weights, c.reject_on_abstain)
-    out.tokens.setdefault("critic", {"calls": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    out.tokens.setdefault("critic", {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
     out.summary = result.summary(c.mode, weights)
     out.summary["experts"] = ["format", *enabled(c, FILTER_EXPERTS), *enabled(c, QUALITY_EXPERTS)]
     out.summary["tokens"] = out.tokens
