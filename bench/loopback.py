@@ -149,11 +149,14 @@ class Server:
 
 async def _serve(args: argparse.Namespace) -> None:
     server = Server(args)
+    stop = asyncio.Event()
+    # SIGTERM (spawn's exit) stops the loop cleanly instead of raising inside a connection's callback.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     srv = await asyncio.start_server(server.handle, args.host, args.port, backlog=4096, limit=2**24)
     port = srv.sockets[0].getsockname()[1]
     print(f"http://{args.host}:{port}/v1", flush=True)
     async with srv:
-        await srv.serve_forever()
+        await stop.wait()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -208,8 +211,7 @@ def server_stats(url: str, reset: bool = False) -> dict[str, Any]:
 
 def main() -> None:
     args = parser().parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
 
 

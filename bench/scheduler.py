@@ -139,7 +139,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--latency", type=float, default=0.1)
-    parser.add_argument("--concurrency", type=int, default=64)
+    # The backend default (backend.concurrency). At 64 on 2 cores the openai client's HTTP stack needs
+    # ~2 ms CPU per request and becomes the limit (bench/README.md); run with --concurrency 64 to see it.
+    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     print(f"settings: server latency={args.latency * 1000:g} ms fixed, unlimited server concurrency (asyncio, own "
           f"process); client OpenAIBackend + ResponseCache (fresh) + LLM, concurrency={args.concurrency}, "

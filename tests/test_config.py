@@ -25,10 +25,15 @@ def test_pairs_scale_pairing_and_profiles() -> None:
     assert RunConfig().generate.pairs == RunConfig().pair.max_pairs
 
 
-def test_embedded_default_model_samples_the_generator_hotter() -> None:
-    assert build_config().generate.temperature == 1.0
+def test_embedded_default_model_defaults() -> None:
+    cfg = build_config()
+    assert cfg.generate.temperature == 1.0 and cfg.profiles.nli == "none"
     assert build_config(None, ["generate.temperature=0.7"]).generate.temperature == 0.7
-    assert build_config(None, [], {"backend.kind": "openai"}).generate.temperature is None
+    assert build_config(None, ["profiles.nli=llm"]).profiles.nli == "llm"
+    server = build_config(None, [], {"backend.kind": "openai"})
+    assert server.generate.temperature is None and server.profiles.nli == "llm"
+    other_gguf = build_config(None, [], {"backend.model": "/models/big.gguf"})
+    assert other_gguf.generate.temperature is None and other_gguf.profiles.nli == "llm"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personaloom.embed import Embedder, NeighborIndex, dedup_mask, normalize_rows, resolve_model
+from personaloom.embed import Embedder, NeighborIndex, dedup_mask, greedy_leaders, normalize_rows, resolve_model
 from personaloom.stages import query_induction as qi
 
 _PERSONA = re.compile(r"^\d+ (?:your|partner's) persona: (.*)$")
@@ -81,3 +81,25 @@ def test_neighbor_index_exact_then_ivf_and_dedup() -> None:
     assert keep[:6000].all() and (~keep[6000:]).mean() > 0.97
     # same inputs, same answer
     assert (dedup_mask(np.concatenate([x, dups]), 0.9) == keep).all()
+
+
+def test_greedy_leaders_matches_one_row_at_a_time() -> None:
+    g = np.random.default_rng(3)
+    centres = normalize_rows(g.standard_normal((30, 32)))
+    x = normalize_rows(centres[g.integers(0, 30, 1500)] + 0.27 * g.standard_normal((1500, 32)).astype(np.float32))
+    for threshold in (0.5, 0.7, 0.9):
+        # exact index (exact_max above n): batched and vectorised, still identical to row by row
+        owner, is_new = greedy_leaders(x, threshold, NeighborIndex(32, exact_max=10_000), batch_size=128)
+        leaders: list[int] = []
+        expected: list[int] = []
+        for v in x:
+            if leaders:
+                s = x[leaders] @ v
+                j = int(np.argmax(s))
+                if s[j] >= threshold:
+                    expected.append(j)
+                    continue
+            expected.append(len(leaders))
+            leaders.append(len(expected) - 1)
+        assert is_new.sum() == len(leaders)
+        assert (owner == np.array(expected)).all()

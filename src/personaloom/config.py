@@ -291,15 +291,24 @@ def _derive_sizes(data: dict[str, Any]) -> None:
 
 
 def _small_model_defaults(data: dict[str, Any]) -> None:
-    """The embedded SmolLM2-135M loops at the paper's temperature 0.7 (measured: 0 of 12 candidates
-    pass the format expert as written, 7 of 10 at 1.0), so its generator samples at 1.0 unless the
-    user set a generator temperature. Written into config.yaml like any other setting."""
+    """Defaults for the embedded SmolLM2-135M (not for --model or a server). It loops at the paper's
+    temperature 0.7 (measured: 0 of 12 candidates pass the format expert as written, 7 of 10 at 1.0),
+    so its generator samples at 1.0 unless the user set a generator temperature. Written into
+    config.yaml like any other setting."""
     backend = data.get("backend")
     kind = backend.get("kind", "embedded") if isinstance(backend, dict) else "embedded"
     model = backend.get("model") if isinstance(backend, dict) else None
+    if kind != "embedded" or model is not None:
+        return
     generate = data.setdefault("generate", {})
-    if kind == "embedded" and model is None and isinstance(generate, dict) and "temperature" not in generate:
+    if isinstance(generate, dict) and "temperature" not in generate:
         generate["temperature"] = 1.0
+    # It cannot judge entailment either (2 of 6 hand-made cases; "yes" to nearly everything, which the
+    # LLM judge then ignores), while those calls were most of a default run's time: profiles keep the
+    # redundancy check and skip the LLM consistency check unless asked for.
+    profiles = data.setdefault("profiles", {})
+    if isinstance(profiles, dict) and "nli" not in profiles:
+        profiles["nli"] = "none"
 
 
 def dump_config(config: RunConfig) -> str:

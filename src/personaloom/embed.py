@@ -87,7 +87,12 @@ class Embedder:
             # No hub access is possible (or wanted): everything must come from disk.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            # The CLI shows its own progress; the library's weight-loading bars are noise there.
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
             try:
                 self._model = SentenceTransformer(self._load_target, device=self.device)
@@ -185,7 +190,7 @@ class NeighborIndex:
 
     Up to `exact_max` vectors every search is exact (numpy). Beyond that, the vectors go into a faiss
     IndexIVFFlat (inner product; nlist = sqrt(nprobe·n) lists trained by k-means on a seeded sample, `nprobe`
-    lists searched per query), rebuilt whenever the collection has grown 3x since the last training, so
+    lists searched per query), rebuilt whenever the collection has grown 4x since the last training, so
     a search costs ~ 2·sqrt(nprobe·n) dot products instead of n. Memory is O(n·dim): no n×n
     matrix is ever built. Same inputs, same answers (seeded training). Without faiss installed, the
     search stays exact, in chunks (correct, O(n) per query).
@@ -215,11 +220,11 @@ class NeighborIndex:
         nlist = max(16, int(np.sqrt(self.nprobe * n)))
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.niter = 8
+        ivf.cp.niter = 6
         ivf.cp.seed = 1234
-        ivf.cp.max_points_per_centroid = 40
+        ivf.cp.max_points_per_centroid = 16
         ivf.cp.min_points_per_centroid = 1
-        sample = min(n, 40 * nlist)
+        sample = min(n, 16 * nlist)
         pick = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
         ivf.train(np.ascontiguousarray(self._vecs[pick]))
         ivf.add(self._vecs[:n])
@@ -236,7 +241,7 @@ class NeighborIndex:
         self._vecs[first:need] = vecs
         self._n = need
         if need > self.exact_max:
-            if self._ivf is None or need >= 3 * self._trained_at:
+            if self._ivf is None or need >= 4 * self._trained_at:
                 self._rebuild()
             elif len(vecs):
                 self._ivf.add(vecs)
@@ -294,29 +299,31 @@ def greedy_leaders(
     is_new = np.zeros(n, dtype=bool)
     for start in range(0, n, batch_size):
         b = vecs[start : start + batch_size]
+        m = len(b)
         best_id, best_sim = index.search(b, 1)
         best_id, best_sim = best_id[:, 0].copy(), best_sim[:, 0].copy()
         inner = b @ b.T
-        leaders: list[int] = []
-        next_id = len(index)
-        new_ids: dict[int, int] = {}
-        for i in range(len(b)):
-            if leaders:
-                row = inner[i, leaders]
-                j = int(np.argmax(row))
-                if row[j] > best_sim[i]:
-                    best_sim[i] = row[j]
-                    best_id[i] = new_ids[leaders[j]]
-            if best_sim[i] >= min_similarity:
-                owner[start + i] = best_id[i]
-            else:
-                new_ids[i] = next_id
-                owner[start + i] = next_id
-                is_new[start + i] = True
-                leaders.append(i)
-                next_id += 1
-        if leaders:
-            index.add(b[leaders])
+        # cand: not matched by the index; close[i, j]: an earlier row j of the batch is similar enough.
+        cand = best_sim < min_similarity
+        close = (inner >= min_similarity) & np.tri(m, k=-1, dtype=bool)
+        leader = np.zeros(m, dtype=bool)
+        has_prior = (close & cand[None, :]).any(axis=1)
+        leader[cand & ~has_prior] = True  # decided without looking at order
+        for i in np.flatnonzero(cand & has_prior).tolist():  # ascending: earlier rows are final
+            leader[i] = not bool((close[i, :i] & leader[:i]).any())
+        lead_pos = np.flatnonzero(leader)
+        new_ids = len(index) + np.arange(len(lead_pos), dtype=np.int64)
+        if len(lead_pos):
+            # nearest earlier in-batch leader, if nearer than the index's answer
+            s_lead = np.where(lead_pos[None, :] < np.arange(m)[:, None], inner[:, lead_pos], -np.inf)
+            j = np.argmax(s_lead, axis=1)
+            s_best = s_lead[np.arange(m), j]
+            better = s_best > best_sim
+            best_id = np.where(better, new_ids[j], best_id)
+            best_id[lead_pos] = new_ids
+            index.add(b[lead_pos])
+        owner[start : start + m] = best_id
+        is_new[start : start + m] = leader
     return owner, is_new
 
 

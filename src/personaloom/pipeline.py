@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -167,6 +168,7 @@ class Pipeline:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.out = ensure_dir(config.out)
+        _remove_stale_temp(self.out)
         self.stats = Stats()
         self.state = RunState.load(self.out / "state.json")
         self.clients = Clients(config, self.out, self.stats)
@@ -215,6 +217,18 @@ class Pipeline:
         s = self.seed_set
         return _fingerprint(s.name, [a.text for a in s.attributes], len(s.conversations))
 
+    def _mark(self, stage: str, fingerprint: str, errors_before: int) -> None:
+        """Checkpoint a stage, unless some of its LLM calls failed: then the next run redoes it (its
+        successful calls come from the cache) instead of trusting a result made without them."""
+        failed = self.stats.llm["errors"] - errors_before
+        if failed:
+            console.print(
+                f"[yellow]{stage}: {failed} LLM calls failed after retries; its output is kept but the stage "
+                f"will be redone on the next run (successful calls are cached)[/yellow]"
+            )
+            return
+        self.state.mark(stage, fingerprint)
+
     # -- stages --------------------------------------------------------------------------------
     async def expand(self) -> list[Attribute]:
         cfg = self.config
@@ -229,6 +243,7 @@ class Pipeline:
             return attributes
         from personaloom.stages.expansion import expand
 
+        errors = self.stats.llm["errors"]
         with self.stats.stage("expand") as st:
             result = await expand(
                 self.seed_set.attributes, self.embedder, self.clients.main, cfg.expand, cfg.sampling,
@@ -241,7 +256,7 @@ class Pipeline:
             st["attributes"] = len(result.attributes)
             st.update(summary)
         self.stats.extra["expansion"] = result.table
-        self.state.mark("expand", fp)
+        self._mark("expand", fp, errors)
         _print_table1(result.table)
         return list(result.attributes)
 
@@ -255,6 +270,7 @@ class Pipeline:
             return profiles
         from personaloom.stages.profiles import build_profiles
 
+        errors = self.stats.llm["errors"]
         with self.stats.stage("profiles") as st:
             result = await build_profiles(
                 attributes, self.embedder, self.clients.main, cfg.profiles, cfg.sampling, cfg.seed, self.stats
@@ -262,7 +278,7 @@ class Pipeline:
             self._write("profiles.jsonl", result.profiles)
             st["profiles"] = len(result.profiles)
             st["rejections"] = dict(result.rejections)
-        self.state.mark("profiles", fp)
+        self._mark("profiles", fp, errors)
         rej = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
         console.print(f"profiles: {len(result.profiles)} profiles (rejected candidates: {rej})")
         return list(result.profiles)
@@ -314,8 +330,9 @@ class Pipeline:
                 selected: list[Conversation] = read_jsonl(selected_path, Conversation)
                 console.print(f"[dim]iteration {k}: up to date ({len(selected)} kept)[/dim]")
             else:
+                errors = self.stats.llm["errors"]
                 selected = await self._round(k, round_pairs, pool, folder)
-                self.state.mark(stage, fp)
+                self._mark(stage, fp, errors)
             summaries.append(_read_json(folder / "summary.json"))
             kept.extend(selected)
             pool.extend(selected)
@@ -403,6 +420,16 @@ class Pipeline:
             return
         with self.stats.stage("report"):
             asyncio.run(evaluate(self.out, None, self.out, judge=None, seed=self.config.seed))
+
+
+def _remove_stale_temp(out: Path) -> None:
+    """Temp files/folders of atomic writes that a killed run left behind (".<name>.<random>.tmp")."""
+    for path in [*out.glob(".*.tmp"), *out.glob("iterations/*/.*.tmp")]:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

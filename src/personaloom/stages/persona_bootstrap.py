@@ -7,8 +7,9 @@ labels for the new attributes.
 
 Filters, in order (the first that fails names the rejection):
   empty / not_i_my (must start with "I" or "My") / too_short (< 3 words) / too_long (> max_words) /
-  question / placeholder ("[name]") / malformed (quotes, brackets) / meta ("as an AI ...") / copy (same words as a persona line, or
-  contained in one) / not_novel (cosine >= novelty_threshold to an attribute already kept, seed or new).
+  question / placeholder ("[name]") / malformed (quotes, brackets) / meta ("as an AI ...") /
+  copy (same words as a persona line, or contained in one) /
+  not_novel (cosine >= novelty_threshold to an attribute already kept, seed or new).
 
 Novelty threshold (ExpandConfig.novelty_threshold, default 0.85; the paper gives none): measured with
 all-MiniLM-L6-v2 on the 674 distinct attributes of the 1,000 Persona-Chat validation dialogues (printed

@@ -128,7 +128,12 @@ class Negations:
                 results = await self.llm.complete(requests)
             except BaseException as exc:
                 for a in mine:
-                    self._futures[a.id].set_exception(exc)
+                    future = self._futures[a.id]
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                        future.exception()  # mark retrieved: waiters re-raise it; nobody else must log it
+                    else:
+                        future.cancel()
                 raise
             for a, res in zip(mine, results, strict=True):
                 self._futures[a.id].set_result(parse_negation(res.text) if res.ok else "")

@@ -8,10 +8,10 @@ Clustering (`cluster`):
 - n <= agglomerative_max: scikit-learn AgglomerativeClustering, cosine metric, average linkage,
   `distance_threshold` — the paper's method. It needs the condensed distance matrix (n²/2 float64:
   400 MB at 10k), hence the switch.
-- above: leader clustering on a vector index (`embed.greedy_leaders`), O(n·leaders) time at worst
-  (sublinear per row once the faiss IVF index takes over) and O(n·dim) memory. Pass 1 makes
-  micro-clusters of radius 0.75 * threshold (each row joins its nearest leader when the cosine
-  distance is below that, in row order; searching only the leaders, which are few on topical data). Pass 2 groups micro-clusters: by the same
+- above: leader clustering on a vector index (`embed.greedy_leaders`): O(n·dim) memory, and per row
+  a search over the leaders only (few on topical data; the faiss IVF index takes over when they are
+  many). Pass 1 makes micro-clusters of radius 0.75 * threshold: each row, in order, joins its nearest
+  leader when the cosine distance is below that. Pass 2 groups micro-clusters: by the same
   average-linkage agglomerative clustering over their centroids when they are few enough, else by a
   second leader pass over the centroids at the full threshold. For unit vectors the average cosine
   distance between two groups equals 1 - <mean_a, mean_b>, so clustering centroids approximates
