@@ -83,9 +83,9 @@ def test_shared_bound_without_batch_barrier() -> None:
 
     elapsed = asyncio.run(go())
     assert backend.peak == 2
-    # Continuous: one slot runs a-slow (0.6 s) while the other drains the 5 quick ones (0.45 s).
-    assert elapsed < 0.9, elapsed
-    assert backend.finished[-1] == "sleep 0.6: a-slow"
+    # Continuous: one slot runs a-slow (0.6 s) while the other drains the 5 quick ones (0.45 s), so
+    # a-slow finishes last (order, not wall time: no timing assertions in tests).
+    assert backend.finished[-1] == "sleep 0.6: a-slow", (backend.finished, elapsed)
 
 
 def test_many_callers_keep_the_backend_saturated() -> None:
@@ -106,9 +106,7 @@ def test_many_callers_keep_the_backend_saturated() -> None:
     start = time.perf_counter()
     asyncio.run(go())
     elapsed = time.perf_counter() - start
-    assert backend.peak == 8 and max(seen) == 8
-    ideal = 60 * 0.05 / 8
-    assert elapsed < ideal * 2, (elapsed, ideal)
+    assert backend.peak == 8 and max(seen) == 8, elapsed
 
 
 def test_identical_requests_in_flight_are_sent_once(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def test_concurrency_is_bounded() -> None:
         elapsed = time.perf_counter() - start
         assert all(r.ok for r in results) and [r.text for r in results] == [f"r{i}" for i in range(12)]
         assert server.stats()["max_in_flight"] == 4
-        assert 0.3 <= elapsed < 1.5
+        assert elapsed >= 0.3  # three waves of 0.1 s at the least
 
 
 def test_api_key_comes_from_env_and_stays_secret(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,7 +159,7 @@ def profiles(
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
                  **{"profiles.profiles": n_profiles})
-    pipeline.run(cfg, until="profiles")
+    pipeline.run(cfg, until="profiles", only="profiles")
 
 
 @app.command()
@@ -183,7 +183,7 @@ def pair(
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
                  **{"pair.max_pairs": max_pairs, "pair.keep_seed_pairs": keep_seed_pairs})
-    pipeline.run(cfg, until="pair")
+    pipeline.run(cfg, until="pair", only="pair")
 
 
 @app.command()
@@ -292,6 +292,21 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> N
     typer.echo(f"wrote {build_report(run_dir)}")
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Usage errors come from click, or from the copy of click that newer typer versions vendor."""
+    found: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:
+        pass
+    else:
+        found.append(VendoredClickException)
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_errors()
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("PERSONALOOM_DEBUG") == "1"
     try:
@@ -301,12 +316,12 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         typer.echo(f"personaloom: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         typer.echo("personaloom: interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except _CLICK_ERRORS as exc:  # usage errors: click prints its own short message
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         typer.echo("personaloom: interrupted (finished work is kept; re-run to resume)", err=True)
         sys.exit(130)

@@ -488,14 +488,19 @@ def _print_table1(table: dict[str, Any]) -> None:
 
 
 async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conversation] | None:
+    """Stages in order up to `until`; with `only`, the stages before it are read from their files."""
+
+    def skip(stage: str) -> bool:
+        return only is not None and STAGES.index(stage) < STAGES.index(only)
+
     try:
-        attributes = await pipe.expand() if only is None else pipe._read("attributes.jsonl", Attribute)
+        attributes = pipe._read("attributes.jsonl", Attribute) if skip("expand") else await pipe.expand()
         if until == "expand":
             return None
-        profiles = await pipe.profiles(attributes) if only is None else pipe._read("profiles.jsonl", Profile)
+        profiles = pipe._read("profiles.jsonl", Profile) if skip("profiles") else await pipe.profiles(attributes)
         if until == "profiles":
             return None
-        pairs = pipe.pair(profiles, attributes) if only is None else pipe._read("pairs.jsonl", Pair)
+        pairs = pipe._read("pairs.jsonl", Pair) if skip("pair") else pipe.pair(profiles, attributes)
         if until == "pair":
             return None
         return await pipe.generate(pairs)
@@ -504,7 +509,8 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conve
 
 
 def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
-    """Run the pipeline up to and including `until` ("expand", "profiles", "pair", "generate"/"all")."""
+    """Run the pipeline up to and including `until` ("expand", "profiles", "pair", "generate"/"all");
+    `only="<stage>"` runs that one stage on the previous stages' files (the one-stage commands)."""
     started = time.perf_counter()
     pipe = Pipeline(config)
     atomic_write_text(pipe.out / "config.yaml", dump_config(config))
