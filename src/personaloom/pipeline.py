@@ -391,7 +391,7 @@ class Pipeline:
         return selected
 
     # -- outputs -------------------------------------------------------------------------------
-    def write_dataset(self, conversations: list[Conversation], started: float) -> None:
+    def write_dataset(self, conversations: list[Conversation]) -> None:
         from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
 
         with self.stats.stage("write"):
@@ -517,7 +517,7 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
     try:
         conversations = asyncio.run(_run_async(pipe, until, only))
         if conversations is not None:
-            pipe.write_dataset(conversations, started)
+            pipe.write_dataset(conversations)
             pipe.write_report()
             console.print(
                 f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
