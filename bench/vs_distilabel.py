@@ -14,10 +14,11 @@ The server (bench/loopback.py, its own process) answers like a decode-bound serv
 (ttft + per_token x completion words) x lognormal jitter, completion length U(0.2, 1.0) x max_tokens,
 all drawn from the request's messages (seeded), so both systems get the same replies and latencies.
 It serves at most `slots` requests at once (like vLLM's max_num_seqs) and queues the rest; this is
-the cap on requests in flight that both systems share. personaloom's client concurrency = slots;
-distilabel's generate and judge steps each get input_batch_size = slots (they run concurrently in
-their own processes, so distilabel may have up to 2 x slots requests at the server, queued beyond
-slots: never fewer in flight than personaloom).
+the server's cap. The cap on requests in flight is the same for both systems: personaloom's client
+concurrency = slots; distilabel's generate and judge steps run concurrently in their own processes,
+so each gets input_batch_size = slots / 2 (at most `slots` in flight together). `--distilabel-batch
+N` changes that (e.g. = slots lets distilabel queue up to 2 x slots at the server, more than
+personaloom's cap; measured 1.93-2.51 that way).
 
 distilabel runs in its own virtualenv (~/.cache/personaloom-bench/distilabel-venv, created with
 `pip install distilabel==1.5.3 openai requests` on first use, then reused), by running this same file there
@@ -121,7 +122,7 @@ def venv_python() -> Path:
 def run_distilabel(url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     python = venv_python()
     cmd = [str(python), str(Path(__file__).resolve()), "--side", "distilabel", "--url", url,
-           "--pairs", str(args.pairs), "--candidates", str(args.candidates), "--batch", str(args.slots),
+           "--pairs", str(args.pairs), "--candidates", str(args.candidates), "--batch", str(args.distilabel_batch),
            "--cache-dir", str(folder / "distilabel-cache")]
     log = folder / "distilabel.log"
     env = {**os.environ, "DISTILABEL_LOG_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
@@ -205,8 +206,12 @@ def main() -> None:
     parser.add_argument("--side", choices=["both", "distilabel"], default="both")
     parser.add_argument("--url", default="")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--distilabel-batch", type=int, default=0,
+                        help="distilabel input_batch_size per LLM step (default: slots // 2, the same cap in flight)")
     parser.add_argument("--cache-dir", default="")
     args = parser.parse_args()
+    if args.distilabel_batch <= 0:
+        args.distilabel_batch = max(1, args.slots // 2)
     if args.side == "distilabel":
         distilabel_side(args)
         return
@@ -221,9 +226,10 @@ def main() -> None:
           f"words = U(0.2, 1.0) x max_tokens, seed {args.seed}; {args.slots} slots (the rest queue)")
     print(f"personaloom: OpenAIBackend + ResponseCache (fresh) + executors.local.LLM, concurrency={args.slots}, "
           f"{args.slots} pairs at a time, judge calls as soon as a pair's candidates exist; max_retries=0")
-    print(f"distilabel {DISTILABEL_VERSION}: Pipeline LoadDataFromDicts(batch_size={args.slots}) >> "
-          f"TextGeneration(OpenAILLM, input_batch_size={args.slots}, num_generations=1, {args.candidates} rows/pair) "
-          f">> TextGeneration(judge, input_batch_size={args.slots}); use_cache=False; max_retries=0")
+    print(f"distilabel {DISTILABEL_VERSION}: Pipeline LoadDataFromDicts(batch_size={args.distilabel_batch}) >> "
+          f"TextGeneration(OpenAILLM, input_batch_size={args.distilabel_batch}, num_generations=1, "
+          f"{args.candidates} rows/pair) >> TextGeneration(judge, input_batch_size={args.distilabel_batch}); "
+          "use_cache=False; max_retries=0")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-vs-distilabel-") as tmp, spawn(
         latency=args.ttft, per_token=args.per_token, sigma=args.sigma, lo=0.2, hi=1.0, slots=args.slots,
