@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from personaloom.backends.base import LLMClient
+from personaloom.backends.base import ChatRequest, ChatResult, LLMClient
 from personaloom.config import ExpandConfig, SamplingConfig
 from personaloom.embed import Embedder, NeighborIndex, dedup_mask
 from personaloom.records import Attribute
@@ -51,6 +51,17 @@ class ExpansionResult:
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def _questions_or_miss(
+    req: ChatRequest, res: ChatResult, rejections: Counter[str], failures: list[tuple[str, str, str]]
+) -> list[str]:
+    """The questions in a reply; an empty or failed reply is counted and kept as a failure."""
+    got = qi.parse_questions(res.text) if res.ok else []
+    if not got:
+        rejections["question_unparsed" if res.ok else "llm_error"] += 1
+        failures.append((req.stage, req.metadata["id"], res.text or (res.error or "")))
+    return got
 
 
 async def induce_questions(
@@ -83,10 +94,7 @@ async def induce_questions(
     ]
     questions: list[str] = []
     for req, res in zip(requests, await llm.complete(requests), strict=True):
-        got = qi.parse_questions(res.text)[: cfg.questions_per_cluster] if res.ok else []
-        if not got:
-            rejections["question_unparsed" if res.ok else "llm_error"] += 1
-            failures.append((req.stage, req.metadata["id"], res.text or (res.error or "")))
+        got = _questions_or_miss(req, res, rejections, failures)[: cfg.questions_per_cluster]
         questions.extend(got)
     for step in range(cfg.bootstrap_steps):
         if not questions:
@@ -96,10 +104,7 @@ async def induce_questions(
             shown, step, seed, sampling, n_new=cfg.questions_per_step, max_tokens=cfg.bootstrap_max_tokens
         )
         res = (await llm.complete([req]))[0]
-        got = qi.parse_questions(res.text) if res.ok else []
-        if not got:
-            rejections["question_unparsed" if res.ok else "llm_error"] += 1
-            failures.append((req.stage, req.metadata["id"], res.text or (res.error or "")))
+        got = _questions_or_miss(req, res, rejections, failures)
         known = {_norm(q) for q in questions}
         questions.extend(q for q in got if _norm(q) not in known)
     if not questions:
