@@ -43,6 +43,16 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")]
+BigFiveOpt = Annotated[
+    bool | None,
+    typer.Option("--big-five", help="Give profiles Big Five trait levels (sampled unless set in the config)."),
+]
+LanguageOpt = Annotated[
+    str | None, typer.Option("--language", help="Generate natively in this language (BCP-47 code, e.g. fr, ru, ja).")
+]
+SessionsOpt = Annotated[
+    int | None, typer.Option("--sessions", help="Sessions per pair, with memory between them (default 1).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
 
 
@@ -73,6 +83,10 @@ def _flags(
     return build_config(config, sets or [], flags)
 
 
+def _feature_flags(big_five: bool | None, language: str | None, sessions: int | None) -> dict[str, Any]:
+    return {"big_five.enabled": big_five, "language": language, "sessions.count": sessions}
+
+
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -93,6 +107,9 @@ def run(
     price_out: Annotated[
         float | None, typer.Option("--price-out", help="With --dry-run: price per million completion tokens.")
     ] = None,
+    big_five: BigFiveOpt = None,
+    language: LanguageOpt = None,
+    sessions: SessionsOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -108,6 +125,7 @@ def run(
             "generate.iterations": iterations,
             "critic.mode": critic,
             "executor": executor,
+            **_feature_flags(big_five, language, sessions),
         },
     )
     if dry_run:
@@ -150,6 +168,7 @@ def profiles(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     n_profiles: Annotated[int | None, typer.Option("--profiles", help="Profiles to build.")] = None,
+    big_five: BigFiveOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -158,7 +177,7 @@ def profiles(
     from personaloom import pipeline
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
-                 **{"profiles.profiles": n_profiles})
+                 **{"profiles.profiles": n_profiles, "big_five.enabled": big_five})
     pipeline.run(cfg, until="profiles", only="profiles")
 
 
@@ -174,6 +193,7 @@ def pair(
     keep_seed_pairs: Annotated[
         bool | None, typer.Option("--keep-seed-pairs/--no-keep-seed-pairs", help="Keep the seed data's pairs.")
     ] = None,
+    big_five: BigFiveOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -182,7 +202,8 @@ def pair(
     from personaloom import pipeline
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
-                 **{"pair.max_pairs": max_pairs, "pair.keep_seed_pairs": keep_seed_pairs})
+                 **{"pair.max_pairs": max_pairs, "pair.keep_seed_pairs": keep_seed_pairs,
+                    "big_five.enabled": big_five})
     pipeline.run(cfg, until="pair", only="pair")
 
 
@@ -198,6 +219,9 @@ def generate(
     candidates: Annotated[int | None, typer.Option("--candidates", help="Candidates per pair.")] = None,
     iterations: Annotated[int | None, typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
     critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
+    big_five: BigFiveOpt = None,
+    language: LanguageOpt = None,
+    sessions: SessionsOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -212,6 +236,7 @@ def generate(
             "generate.candidates": candidates,
             "generate.iterations": iterations,
             "critic.mode": critic,
+            **_feature_flags(big_five, language, sessions),
         },
     )
     pipeline.run(cfg, until="generate", only="generate")

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from personaloom.errors import ConfigError
-from personaloom.records import Record
+from personaloom.records import Record, Traits
 
 
 class BackendConfig(Record):
@@ -114,6 +114,8 @@ class GenerateConfig(Record):
     min_utterances: int = Field(6, ge=1)
     max_tokens: int = Field(400, ge=16)
     # Few-shot examples as chat turns (user: profiles, assistant: conversation) or inline in one message.
+    # Runs with --language, --big-five or --sessions always use turns (their instructions sit in the
+    # pair's message).
     fewshot_style: Literal["turns", "inline"] = "turns"
     # Cap on the turns shown per few-shot example (prompt length on small context windows); None = all.
     example_max_turns: int | None = Field(12, ge=2)
@@ -132,9 +134,15 @@ class ExpertConfig(Record):
     backend: BackendConfig | None = None
 
 
+# traits and cross_session judge only runs that use --big-five / --sessions.
+EXPERT_NAMES = (
+    "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity", "traits",
+    "cross_session",
+)
+
+
 def _default_experts() -> dict[str, ExpertConfig]:
-    names = ("depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity")
-    return {name: ExpertConfig() for name in names}
+    return {name: ExpertConfig() for name in EXPERT_NAMES}
 
 
 class CriticConfig(Record):
@@ -152,11 +160,36 @@ class CriticConfig(Record):
     @field_validator("experts")
     @classmethod
     def _known_experts(cls, value: dict[str, ExpertConfig]) -> dict[str, ExpertConfig]:
-        known = ("depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity")
-        unknown = sorted(set(value) - set(known))
+        unknown = sorted(set(value) - set(EXPERT_NAMES))
         if unknown:
-            raise ValueError(f"unknown expert(s) {unknown}; known: {list(known)}")
+            raise ValueError(f"unknown expert(s) {unknown}; known: {list(EXPERT_NAMES)}")
         return value
+
+
+class BigFiveConfig(Record):
+    """--big-five: profiles carry Big Five trait levels that the generator shows in how they talk."""
+
+    enabled: bool = False
+    # A level given here ("high", "low" or a score in [0, 1]) is every profile's, unless the profile
+    # carries its own (profiles.jsonl); the traits left out are sampled per profile.
+    levels: Traits = Field(default_factory=dict)
+    # Chance that a sampled trait is "high".
+    p_high: float = Field(0.5, ge=0.0, le=1.0)
+    # The traits expert rejects a candidate whose speakers show fewer of their set levels than this
+    # share (10 readings per conversation: 5 traits x 2 speakers).
+    min_agreement: float = Field(0.6, ge=0.0, le=1.0)
+
+
+class SessionsConfig(Record):
+    """--sessions S: S sessions per pair, each after a stated gap, conditioned on memory summaries."""
+
+    count: int = Field(1, ge=1, le=20)
+    # The gap before each later session is drawn from these (seeded per pair and session).
+    gaps: list[str] = Field(
+        default_factory=lambda: ["a few hours", "two days", "one week", "two weeks", "one month", "three months"],
+        min_length=1,
+    )
+    memory_max_tokens: int = Field(96, ge=16)
 
 
 class RayConfig(Record):
@@ -188,6 +221,22 @@ class RunConfig(Record):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    # --language: BCP-47 code of the language to generate in natively (None: English, as the paper).
+    language: str | None = None
+    big_five: BigFiveConfig = Field(default_factory=BigFiveConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+
+    @field_validator("language")
+    @classmethod
+    def _language_tag(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from personaloom.text import parse_language
+
+        try:
+            return parse_language(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def _parse_scalar(text: str) -> Any:

@@ -5,7 +5,7 @@ In: raw conversation text with one utterance per line ("User 1: ...", "**User 2:
   empty        no turns at all
   blank_lines  blank lines between utterances
   unprefixed   a non-blank line with no speaker prefix (e.g. "* * *", "[Later]")
-  placeholders a bracketed template slot such as "[name]", "[User 1's name]", "[country]"
+  placeholders a bracketed template slot such as "[name]", "[User 1's name]", "[country]", "[имя]"
   same_speaker two consecutive utterances by the same speaker
 Prefixes are recognised by parsing, never by cutting a fixed number of characters.
 """
@@ -16,24 +16,27 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
+import regex
+
 from personaloom.records import Turn
 
 DEFECT_KINDS = ("empty", "blank_lines", "unprefixed", "placeholders", "same_speaker")
 
 # "User 1:", "**User 1:**", "**User 1**:", "Person 2 -", "user1:", "Speaker 2:", "U1:", "- User 2:"
-# (case-insensitive)
+# (case-insensitive); CJK models also write a full-width colon or digit ("User 1：你好", "User １: ...").
 _PREFIX = re.compile(
     r"""^\s*(?:[-•]\s+)?(?:[*_]{1,2}\s*)?
-        (?:user|person|speaker|u|p)\s*[-_]?\s*(?P<n>[12])
-        \s*(?:[*_]{1,2}\s*)?[:\-–—]\s*(?:[*_]{1,2}\s*)?
+        (?:user|person|speaker|u|p)\s*[-_]?\s*(?P<n>[12１２])
+        \s*(?:[*_]{1,2}\s*)?[:：\-–—]\s*(?:[*_]{1,2}\s*)?
     """,
     re.IGNORECASE | re.VERBOSE,
 )
 # What a clean line starts with; anything else that still parses (e.g. "* User 1: Hi! *") is attributed
 # to its speaker but counted as an unprefixed-line defect.
-_STRICT_PREFIX = re.compile(r"^(?:\*\*)?(?:user|person|speaker) ?[12](?:\*\*)? ?:(?:\*\*)?", re.IGNORECASE)
-# A bracketed slot: [name], [User 1's name], [Your Name], {country}, <city>. Short, mostly letters.
-_PLACEHOLDER = re.compile(r"[\[{<]\s*[A-Za-z][A-Za-z0-9 '’_.-]{0,40}\s*[\]}>]")
+_STRICT_PREFIX = re.compile(r"^(?:\*\*)?(?:user|person|speaker) ?[12](?:\*\*)? ?[:：](?:\*\*)?", re.IGNORECASE)
+# A bracketed slot in any script: [name], [User 1's name], {country}, <city>, [имя], [名前], {città}. Short,
+# starting with a letter; `regex` because `re`'s \w misses combining marks (Devanagari vowel signs).
+_PLACEHOLDER = regex.compile(r"[\[{<]\s*\p{L}[\p{L}\p{M}\p{N} '’_.\-]{0,40}\s*[\]}>]")
 _WS = re.compile(r"\s+")
 
 

@@ -27,6 +27,8 @@ DEFAULT_TOKENS: dict[str, tuple[int, int]] = {
     "profiles.nli": (130, 8),
     "generate": (1400, 300),
     "critic": (900, 60),
+    "localize": (90, 20),
+    "sessions.memory": (400, 60),
 }
 # Share of bootstrap answers that survive the filters and the novelty check (measured on SmolLM2).
 BOOTSTRAP_ACCEPT = 0.4
@@ -48,19 +50,26 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
         calls["profiles.nli"] = pr.profiles * NLI_TRIES_PER_SLOT * comb(pr.size, 2)
     pairs = min(ge.pairs, config.pair.max_pairs if not config.pair.keep_seed_pairs else ge.pairs)
     c = ge.candidates
-    calls["generate"] = pairs * c
+    # Every session is a full Generator-Critic round (assuming each is kept, the most it can cost).
+    sessions = config.sessions.count
+    calls["generate"] = pairs * c * sessions
+    if config.language is not None and config.language.split("-")[0].lower() != "en":
+        calls["localize"] = pairs * 2 * pr.size  # at most: the cache pays an attribute shared by pairs once
+    if sessions > 1:
+        calls["sessions.memory"] = pairs * 2 * (sessions - 1)
 
     def on(name: str) -> bool:
         expert = cr.experts.get(name)
         return expert is None or expert.enabled
 
     quality = sum(1 for q in QUALITY if on(q))
-    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f))
+    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f)) + (config.big_five.enabled and on("traits"))
     if cr.mode == "listwise":
-        per_pair = quality + filters * c
+        per_session = quality + filters * c
     else:
-        per_pair = quality * comb(c, 2) * (2 if cr.both_orders else 1) + filters * c
-    calls["critic"] = pairs * per_pair
+        per_session = quality * comb(c, 2) * (2 if cr.both_orders else 1) + filters * c
+    cross = c * (sessions - 1) if on("cross_session") else 0
+    calls["critic"] = pairs * (per_session * sessions + cross)
     return calls
 
 

@@ -30,7 +30,9 @@ from personaloom.config import BackendConfig, RunConfig, dump_config
 from personaloom.errors import ConfigError, InputError, OutputError
 from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
+from personaloom.stages.localize import needs_localizing
 from personaloom.stats import Stats
+from personaloom.traits import assign_to_pair, assign_to_profiles
 
 STAGES = ("expand", "profiles", "pair", "generate")
 console = Console(stderr=True, highlight=False)
@@ -262,7 +264,8 @@ class Pipeline:
 
     async def profiles(self, attributes: list[Attribute]) -> list[Profile]:
         cfg = self.config
-        fp = _fingerprint("profiles", self.state.done.get("expand"), cfg.profiles, cfg.seed)
+        fp = _fingerprint("profiles", self.state.done.get("expand"), cfg.profiles, cfg.seed,
+                          *([cfg.big_five] if cfg.big_five.enabled else []))
         target = self._path("profiles.jsonl")
         if self.state.is_done("profiles", fp, target):
             profiles: list[Profile] = self._read("profiles.jsonl", Profile)
@@ -275,6 +278,7 @@ class Pipeline:
             result = await build_profiles(
                 attributes, self.embedder, self.clients.main, cfg.profiles, cfg.sampling, cfg.seed, self.stats
             )
+            result.profiles = assign_to_profiles(result.profiles, cfg.big_five, cfg.seed)
             self._write("profiles.jsonl", result.profiles)
             st["profiles"] = len(result.profiles)
             st["rejections"] = dict(result.rejections)
@@ -285,7 +289,8 @@ class Pipeline:
 
     def pair(self, profiles: list[Profile], attributes: list[Attribute]) -> list[Pair]:
         cfg = self.config
-        fp = _fingerprint("pair", self.state.done.get("profiles"), cfg.pair, cfg.seed)
+        fp = _fingerprint("pair", self.state.done.get("profiles"), cfg.pair, cfg.seed,
+                          *([cfg.big_five] if cfg.big_five.enabled else []))
         target = self._path("pairs.jsonl")
         if self.state.is_done("pair", fp, target):
             pairs: list[Pair] = self._read("pairs.jsonl", Pair)
@@ -301,6 +306,8 @@ class Pipeline:
             if room > 0:
                 pair_cfg = cfg.pair.model_copy(update={"max_pairs": room})
                 pairs.extend(pair_profiles(profiles, attributes, pair_cfg, cfg.seed))
+            by_id = {p.id: p for p in profiles}
+            pairs = [assign_to_pair(p, cfg.big_five, cfg.seed, by_id) for p in pairs]
             self._write("pairs.jsonl", pairs)
             st["pairs"] = len(pairs)
         self.state.mark("pair", fp)
@@ -310,7 +317,8 @@ class Pipeline:
     async def generate(self, pairs: list[Pair]) -> list[Conversation]:
         cfg = self.config
         gen = cfg.generate
-        chosen = pairs[: gen.pairs]
+        # Pairs made before --big-five was asked for (or written by hand) get their levels here.
+        chosen = [assign_to_pair(p, cfg.big_five, cfg.seed) for p in pairs[: gen.pairs]]
         if not chosen:
             raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
         rounds = _split(chosen, gen.iterations)
@@ -321,7 +329,7 @@ class Pipeline:
         for k, round_pairs in enumerate(rounds, start=1):
             stage = f"generate.{k}"
             fp = _fingerprint(stage, upstream, gen, cfg.critic, cfg.sampling, cfg.seed, [p.id for p in round_pairs],
-                              [c.id for c in pool])
+                              [c.id for c in pool], *_feature_settings(cfg))
             folder = self.out / "iterations" / str(k)
             selected_path = folder / "selected.jsonl"
             if self.state.is_done(stage, fp, selected_path, folder / "summary.json"):
@@ -335,19 +343,19 @@ class Pipeline:
                 self._mark(stage, fp, errors)
             summaries.append(_read_json(folder / "summary.json"))
             kept.extend(selected)
-            pool.extend(selected)
+            pool = next_pool(pool, kept, selected, cfg.language)
             upstream = fp
         self.stats.extra["dataset"] = _dataset_summary(summaries, len(kept), cfg.critic.mode)
         return kept
 
     async def _round(self, k: int, pairs: list[Pair], pool: list[Conversation], folder: Path) -> list[Conversation]:
         from personaloom.io import write_jsonl
-        from personaloom.stages.critic import generate_and_critique
+        from personaloom.stages.sessions import converse
 
         cfg = self.config
         with self.stats.stage(f"iteration.{k}") as st:
             outcomes = await asyncio.gather(
-                *(generate_and_critique(p, pool, self.clients.role, cfg, k) for p in pairs)
+                *(converse(p, pool, self.clients.role, cfg, k) for p in pairs)
             )
             candidates: list[Conversation] = []
             verdicts: list[Verdict] = []
@@ -430,6 +438,29 @@ def _remove_stale_temp(out: Path) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
+
+
+def next_pool(
+    pool: list[Conversation], kept: list[Conversation], selected: list[Conversation], language: str | None
+) -> list[Conversation]:
+    """The few-shot pool of the next round: the winners join it; with --language (other than English),
+    once in-language winners exist they replace the seed examples."""
+    if needs_localizing(language) and kept:
+        return list(kept)
+    return [*pool, *selected]
+
+
+def _feature_settings(cfg: RunConfig) -> list[Any]:
+    """The optional features' settings, only when used: a plain run keeps its fingerprints (and its
+    checkpoints) from before these features existed."""
+    used: list[Any] = []
+    if cfg.language is not None:
+        used.append(("language", cfg.language))
+    if cfg.big_five.enabled:
+        used.append(cfg.big_five)
+    if cfg.sessions.count > 1:
+        used.append(cfg.sessions)
+    return used
 
 
 def _read_json(path: Path) -> dict[str, Any]:

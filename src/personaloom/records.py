@@ -6,13 +6,42 @@ forbids unknown fields so that a typo in a file is an error, not silently droppe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+# Big Five traits, in the usual OCEAN order. A level is "high", "low" or a score in [0, 1].
+TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
+TraitLevel = Literal["high", "low"] | Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _known_traits(value: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(value) - set(TRAITS))
+    if unknown:
+        raise ValueError(f"unknown trait(s) {unknown}; known: {list(TRAITS)}")
+    return value
+
+
+Traits = Annotated[dict[str, TraitLevel], AfterValidator(_known_traits)]
 
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class OptionalFieldsRecord(Record):
+    """A record whose optional extension fields (`_omit_if_none`) are left out of its JSON when unset,
+    so that files of runs that do not use a feature look exactly as before it existed."""
+
+    _omit_if_none: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self._omit_if_none:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Attribute(Record):
@@ -30,18 +59,22 @@ class Question(Record):
     text: str
 
 
-class Profile(Record):
-    """A user profile: a consistent set of attributes (texts, with their attribute ids)."""
+class Profile(OptionalFieldsRecord):
+    """A user profile: a consistent set of attributes (texts, with their attribute ids), and with
+    --big-five a level for each Big Five trait (set by the user in profiles.jsonl, or sampled)."""
 
+    _omit_if_none = ("traits",)
     id: str
     attributes: list[str]
     attribute_ids: list[str] = Field(default_factory=list)
     source: str = "generated"
+    traits: Traits | None = None
 
 
-class Pair(Record):
+class Pair(OptionalFieldsRecord):
     """Two profiles that will talk to each other."""
 
+    _omit_if_none = ("user1_traits", "user2_traits")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -49,6 +82,8 @@ class Pair(Record):
     user2_profile_id: str | None = None
     similarity: int | None = None
     source: str = "paired"
+    user1_traits: Traits | None = None
+    user2_traits: Traits | None = None
 
 
 class Turn(Record):
@@ -56,13 +91,29 @@ class Turn(Record):
     text: str
 
 
-class Conversation(Record):
+class Session(Record):
+    """One session of a multi-session conversation: `gap` is the time since the previous session
+    (None for the first), `memory` what each speaker remembered of the earlier sessions
+    ({"user1": ..., "user2": ...}; None for the first)."""
+
+    index: int
+    gap: str | None = None
+    memory: dict[str, str] | None = None
+    turns: list[Turn]
+
+
+class Conversation(OptionalFieldsRecord):
     """A conversation between two personas.
 
     `raw` keeps the original text where a reader had one (SPC CSV), so that format defects can be
     re-checked and round trips lose nothing; `defects` names the DESIGN.md §3 defect kinds found in it.
+    Optional (left out of the JSON when unset): `user1_traits`/`user2_traits` (Big Five levels the
+    speakers were given), `language` (BCP-47 code of a natively generated conversation), `sessions`
+    (every session of a multi-session conversation; `turns` then holds the last one, so readers of the
+    plain shape still work).
     """
 
+    _omit_if_none = ("user1_traits", "user2_traits", "language", "sessions")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -73,6 +124,16 @@ class Conversation(Record):
     pair_id: str | None = None
     raw: str | None = None
     defects: list[str] = Field(default_factory=list)
+    user1_traits: Traits | None = None
+    user2_traits: Traits | None = None
+    language: str | None = None
+    sessions: list[Session] | None = None
+
+    def all_turns(self) -> list[Turn]:
+        """Every utterance of every session (just `turns` for a one-session conversation)."""
+        if not self.sessions:
+            return self.turns
+        return [t for s in self.sessions for t in s.turns]
 
 
 EXPERTS = (
@@ -85,17 +146,23 @@ EXPERTS = (
     "faithfulness",
     "toxicity",
 )
+# Experts of the optional features: Big Five trait reading, cross-session consistency.
+FEATURE_EXPERTS = ("traits", "cross_session")
 Expert = Literal[
-    "format", "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity"
+    "format", "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity",
+    "traits", "cross_session",
 ]
 
 
-class Verdict(Record):
+class Verdict(OptionalFieldsRecord):
     """One expert's decision about one candidate conversation.
 
-    decision is e.g. "pass"/"reject" (format, faithfulness, toxicity) or "win"/"lose"/"tie" against
-    `opponent_id` (quality experts, pairwise), or "rank=<n>" (listwise).
+    decision is e.g. "pass"/"reject" (format, faithfulness, toxicity, traits, cross_session) or
+    "win"/"lose"/"tie" against `opponent_id` (quality experts, pairwise), or "rank=<n>" (listwise).
+    `reading` is what the traits expert read: {"user1": {trait: level}, "user2": {...}, "agreement": x}.
     """
+
+    _omit_if_none = ("reading",)
 
     conversation_id: str
     expert: Expert
@@ -104,6 +171,7 @@ class Verdict(Record):
     opponent_id: str | None = None
     pair_id: str | None = None
     iteration: int | None = None
+    reading: dict[str, Any] | None = None
 
 
 class Failure(Record):

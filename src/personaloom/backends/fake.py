@@ -82,7 +82,7 @@ class FakeBackend(Backend):
 # Structured requests get a valid instance of their JSON schema; free-text requests get stage-shaped
 # text (questions, "I ..." answers, negations, alternating "User 1/2:" dialogue). Deterministic per request.
 
-_BENIGN = ("no", "faithful", "safe", "non-toxic")
+_BENIGN = ("no", "faithful", "safe", "non-toxic", "consistent")
 _QUESTIONS = (
     "What pets do you have?", "Where did you grow up?", "What do you do for a living?",
     "What is your favourite food?", "What music do you listen to?", "How do you spend your weekends?",
@@ -144,6 +144,11 @@ def demo_responder(request: ChatRequest) -> str:
         return f"{rnd.choice(_SUBJECTS)} {rnd.choice(_OBJECTS)}."
     if stage == "profiles.negation":
         return "I do not " + rnd.choice(_OBJECTS) + "."
+    if stage == "localize":
+        # Marks the rendering visibly; a real model writes the sentence in the language.
+        return f"{json.loads(request.messages[-1].content)} (localized)"
+    if stage == "sessions.memory":
+        return f"They talked about {rnd.choice(_OBJECTS)} and {rnd.choice(_OBJECTS)}, and plan to meet again."
     start = rnd.randrange(0, 3)
     lines = _LINES[start : start + 8 + rnd.randrange(0, 3)]
     return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))

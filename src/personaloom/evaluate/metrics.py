@@ -13,14 +13,13 @@ In: a list of `Conversation` records (and, for persona coverage, an embedder wit
   an attribute counts as covered when its best cosine similarity to that speaker's utterances reaches
   COVERAGE_THRESHOLD.
 
-Text is compared in a case- and punctuation-insensitive way (`tokens`), because Persona-Chat is
-lower-cased and space-tokenised while generated data is not: otherwise casing alone would change
-distinct-n and the vocabulary size.
+Text is compared in a case- and punctuation-insensitive way (`tokens`, in any script; a Chinese or
+Japanese character is one token), because Persona-Chat is lower-cased and space-tokenised while generated
+data is not: otherwise casing alone would change distinct-n and the vocabulary size.
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -29,6 +28,7 @@ import numpy as np
 
 from personaloom.dialogue import DEFECT_KINDS, parse_dialogue, turn_defects
 from personaloom.records import Conversation
+from personaloom.text import words
 
 # all-MiniLM-L6-v2 cosine at which an utterance counts as echoing an attribute. Measured on the first 100
 # conversations of each valid split: at 0.4 / 0.5 / 0.6, Persona-Chat (whose workers were told to reflect
@@ -40,8 +40,6 @@ COVERAGE_THRESHOLD = 0.5
 UTTERANCE_BINS = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40, 60, 1000]
 WORD_BINS = [0, 3, 6, 9, 12, 15, 18, 21, 25, 30, 40, 60, 100, 10000]
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
 
 class Encoder(Protocol):
     """What persona coverage needs from an embedder (personaloom.embed.Embedder fits)."""
@@ -50,8 +48,8 @@ class Encoder(Protocol):
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens; punctuation and spacing around it are ignored."""
-    return _TOKEN.findall(text.lower().replace("’", "'"))
+    """Case-folded word tokens in any script (personaloom.text.words); punctuation and spacing are ignored."""
+    return words(text)
 
 
 def conversation_defects(conv: Conversation) -> list[str]:
@@ -105,12 +103,13 @@ def summary(values: Sequence[float], bins: Sequence[float]) -> dict[str, Any]:
 
 
 def utterance_tokens(convs: Sequence[Conversation]) -> list[list[str]]:
-    return [tokens(t.text) for conv in convs for t in conv.turns]
+    """Every utterance's tokens (of every session, for multi-session conversations)."""
+    return [tokens(t.text) for conv in convs for t in conv.all_turns()]
 
 
 def length_stats(convs: Sequence[Conversation], toks: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
     toks = utterance_tokens(convs) if toks is None else toks
-    per_conv = [len(c.turns) for c in convs]
+    per_conv = [len(c.all_turns()) for c in convs]
     words = [len(t) for t in toks]
     vocab = {w for t in toks for w in t}
     return {

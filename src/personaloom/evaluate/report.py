@@ -542,6 +542,9 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
         body.append(turing_section(metrics.get("turing"), notes.get("turing")))
         body.append(faithfulness_section(metrics.get("faithfulness"), notes.get("faithfulness")))
         body.append(toxicity_section(metrics.get("toxicity"), notes.get("toxicity")))
+        from personaloom.evaluate.report_features import feature_sections
+
+        body.append(feature_sections(metrics, run.verdicts if run is not None else None))
     else:
         body.append('<p class="missing">No metrics.json: run `personaloom evaluate` for the dataset metrics.</p>')
     body.append(run_section(run))

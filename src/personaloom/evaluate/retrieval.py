@@ -27,9 +27,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from personaloom.records import Conversation
 from personaloom.rng import derive_seed
+from personaloom.text import words
 
 CANDIDATES = 20
-TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?"
 
 
 @dataclass
@@ -95,7 +95,8 @@ def build_set(
 
 
 def make_vectorizer() -> TfidfVectorizer:
-    return TfidfVectorizer(lowercase=True, token_pattern=TOKEN_PATTERN, sublinear_tf=True)
+    # Tokens of personaloom.text.words (any script; case-folded, so no lowercase pass of sklearn's own).
+    return TfidfVectorizer(tokenizer=words, token_pattern=None, lowercase=False, sublinear_tf=True)
 
 
 def fit_texts(convs: Sequence[Conversation]) -> list[str]:

@@ -8,7 +8,9 @@ embedder for persona coverage. Out (in `out`):
                  under "reference", ir_transfer["generated->reference"], and with a judge turing,
                  faithfulness and toxicity (None when not run, with the reason under "notes")
   report.html    see evaluate/report.py
-  judge/{turing,faithfulness,toxicity}.jsonl   every judge decision, when a judge ran
+  big_five, languages, sessions   the optional features' lines (evaluate/features.py), None when no
+                 conversation uses the feature
+  judge/{turing,faithfulness,toxicity,traits,cross_session}.jsonl   every judge decision, when a judge ran
 `limit` caps the conversations sent to the judge (a seeded sample). Persona coverage embeds every
 utterance, the slowest step on a CPU (measured here: 15-25 sentences/s on 2 cores shared with other
 jobs; 100 SPC conversations are ~3,700 texts), so it uses a seeded sample of `coverage_sample`
@@ -26,6 +28,7 @@ from typing import Any
 
 from personaloom.backends.base import LLMClient
 from personaloom.errors import InputError
+from personaloom.evaluate import features
 from personaloom.evaluate.faithfulness import run_faithfulness
 from personaloom.evaluate.metrics import deterministic_metrics, persona_coverage
 from personaloom.evaluate.report import load_run_info, write_report
@@ -150,6 +153,14 @@ async def evaluate(
             _write_jsonl(judge_dir / "toxicity.jsonl", (v.model_dump(mode="json") for v in verdicts))
             t = lap("toxicity", t)
         metrics["judged_conversations"] = len(sample)
+    judged = judge_sample(convs, limit, seed) if judge is not None else None
+    metrics["big_five"], trait_verdicts = await features.big_five(convs, judge, seed, judged)
+    metrics["languages"] = features.languages(convs)
+    metrics["sessions"], session_verdicts = await features.sessions(convs, judge, seed, judged)
+    for name, found in (("traits", trait_verdicts), ("cross_session", session_verdicts)):
+        if found:
+            _write_jsonl(out / "judge" / f"{name}.jsonl", (v.model_dump(mode="json") for v in found))
+    t = lap("features", t)
     metrics["notes"] = notes
     metrics["source"] = {
         "data": str(data_path),

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import regex
+
 from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message, SamplingParams
 from personaloom.prompts import render
 from personaloom.records import Conversation
@@ -41,7 +43,9 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
-_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+# Anything but letters, digits, combining marks and spaces, in any script (a Cyrillic attribute must not
+# normalise to "").
+_NON_WORD = regex.compile(r"[^\p{L}\p{N}\p{M} ]+")
 # SPC spells out the contractions of Persona-Chat's attributes ("i'm" -> "I am", "i'll" -> "I will").
 _CONTRACTIONS = [
     (re.compile(r"\bcan't\b"), "can not"),

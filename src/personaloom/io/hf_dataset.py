@@ -2,7 +2,9 @@
 
 In: conversations and a directory. Out: the directory, loadable with `datasets.load_from_disk(dir)` or
 `datasets.load_dataset("parquet", data_files=f"{dir}/data.parquet")`. Columns follow the
-conversation record of DESIGN.md §3; `critic` (free-form) is stored as a JSON string. The directory is
+conversation record of DESIGN.md §3; `critic` (free-form) and the Big Five levels (`user1_traits`,
+`user2_traits`: levels or scores) are stored as JSON strings; `language` and `sessions` are null for
+conversations that do not use those features. The directory is
 built beside the target and renamed into place, so a crash never leaves a half-written dataset.
 """
 
@@ -27,25 +29,41 @@ PARQUET = "data.parquet"
 def _features() -> Any:
     from datasets import Features, Value
 
+    turns = [{"speaker": Value("int8"), "text": Value("string")}]
     return Features(
         {
             "id": Value("string"),
             "user1_persona": [Value("string")],
             "user2_persona": [Value("string")],
-            "turns": [{"speaker": Value("int8"), "text": Value("string")}],
+            "turns": turns,
             "iteration": Value("int32"),
             "source": Value("string"),
             "critic": Value("string"),
             "pair_id": Value("string"),
             "raw": Value("string"),
             "defects": [Value("string")],
+            "user1_traits": Value("string"),
+            "user2_traits": Value("string"),
+            "language": Value("string"),
+            "sessions": [
+                {
+                    "index": Value("int32"),
+                    "gap": Value("string"),
+                    "memory": {"user1": Value("string"), "user2": Value("string")},
+                    "turns": turns,
+                }
+            ],
         }
     )
 
 
 def _row(conv: Conversation) -> dict[str, Any]:
     row = conv.model_dump(mode="json")
-    row["critic"] = None if conv.critic is None else json.dumps(conv.critic, ensure_ascii=False)
+    for key in ("critic", "user1_traits", "user2_traits"):
+        value = getattr(conv, key)
+        row[key] = None if value is None else json.dumps(value, ensure_ascii=False)
+    row.setdefault("language", None)
+    row.setdefault("sessions", None)
     return row
 
 

@@ -2,7 +2,10 @@
 
 `build_requests(pair, examples, ...)` makes `cfg.candidates` chat requests for one pair: the
 instruction (prompts/generator.j2), few-shot examples drawn from the example pool (profile 1,
-profile 2, conversation each) and the target pair's profiles last. `parse_candidate(pair, text, ...)`
+profile 2, conversation each) and the target pair's profiles last. Optional features change the
+prompt only where used: Big Five levels (how each speaker comes across), a language to write in, and
+for a later session of a multi-session conversation the gap and each speaker's memory
+(`SessionContext`). `parse_candidate(pair, text, ...)`
 turns one reply into a `Conversation` (turns, a canonical `raw`, the defects that survive
 normalisation) or a `Failure` when the reply holds no utterance at all. Judging the format is the
 format expert's job (stages/critic/format_expert.py), not the parser's.
@@ -10,7 +13,7 @@ format expert's job (stages/critic/format_expert.py), not the parser's.
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from personaloom import rng
@@ -25,18 +28,39 @@ from personaloom.dialogue import (
     turn_defects,
 )
 from personaloom.prompts import render
-from personaloom.records import Conversation, Failure, Pair, Turn
+from personaloom.records import Conversation, Failure, Pair, Session, Turn
 from personaloom.stages.critic.format_expert import has_slot, is_near_duplicate, word_set
+from personaloom.text import language_name, words
+from personaloom.traits import levels
 
 STAGE = "generate"
-_WORD = re.compile(r"[a-z0-9']+")
 # Trimming cuts at a near-duplicate this similar (word-set Jaccard); stricter than the format
 # expert's threshold so that an honest callback ("I love dogs too!") does not end a conversation.
 _TRIM_NEAR = 0.7
 
 
-def candidate_id(pair: Pair, iteration: int, index: int) -> str:
+@dataclass
+class SessionContext:
+    """A later session of a multi-session conversation: its number (2, 3, ...), the gap since the
+    previous one, each speaker's memory of the earlier ones, and the earlier sessions themselves."""
+
+    index: int
+    gap: str
+    memory: dict[str, str]
+    previous: list[Session] = field(default_factory=list)
+
+
+def candidate_id(pair: Pair, iteration: int, index: int, session: SessionContext | None = None) -> str:
+    if session is not None:
+        return f"{pair.id}-i{iteration}-s{session.index}-c{index}"
     return f"{pair.id}-i{iteration}-c{index}"
+
+
+def prompt_language(language: str | None) -> str | None:
+    """The language's name for prompts; None for English, whose prompts stay as the paper's."""
+    if language is None or language.split("-")[0].lower() == "en":
+        return None
+    return language_name(language)
 
 
 def draw_examples(pair: Pair, examples: list[Conversation], k: int, seed: int, iteration: int) -> list[Conversation]:
@@ -54,8 +78,34 @@ def _example_dialogue(conv: Conversation, max_turns: int | None) -> str:
     return render_dialogue([Turn(speaker=t.speaker, text=normalise(t.text)) for t in turns])
 
 
-def build_messages(pair: Pair, shots: list[Conversation], cfg: GenerateConfig) -> list[Message]:
-    if cfg.fewshot_style == "inline":
+def _pair_message(
+    user1: list[str],
+    user2: list[str],
+    traits: tuple[Any, Any],
+    language: str | None = None,
+    session: SessionContext | None = None,
+) -> str:
+    return render(
+        "generator_pair.j2",
+        user1=user1,
+        user2=user2,
+        style1=levels(traits[0]),
+        style2=levels(traits[1]),
+        language=language,
+        session=None if session is None else {"index": session.index, "gap": session.gap, "memory": session.memory},
+    )
+
+
+def build_messages(
+    pair: Pair,
+    shots: list[Conversation],
+    cfg: GenerateConfig,
+    language: str | None = None,
+    session: SessionContext | None = None,
+) -> list[Message]:
+    """language: BCP-47 code (None: English); session: for a later session of a multi-session run."""
+    lang = prompt_language(language)
+    if cfg.fewshot_style == "inline" and not (lang or session or pair.user1_traits or pair.user2_traits):
         examples = [
             {
                 "user1": ex.user1_persona,
@@ -67,27 +117,24 @@ def build_messages(pair: Pair, shots: list[Conversation], cfg: GenerateConfig) -
         content = render(
             "generator_inline.j2",
             min_utterances=cfg.min_utterances,
+            language=None,
             examples=examples,
             user1=pair.user1_persona,
             user2=pair.user2_persona,
         )
         return [Message(role="user", content=content)]
-    # "turns": each example is a finished exchange, so a small model imitates the answer's shape.
-    messages = [Message(role="system", content=render("generator.j2", min_utterances=cfg.min_utterances))]
+    # "turns" (also for the optional features, whose instructions live in the pair message): each
+    # example is a finished exchange, so a small model imitates the answer's shape.
+    system = render("generator.j2", min_utterances=cfg.min_utterances, language=lang)
+    messages = [Message(role="system", content=system)]
     for ex in shots:
-        messages.append(
-            Message(
-                role="user",
-                content=render("generator_pair.j2", user1=ex.user1_persona, user2=ex.user2_persona),
-            )
-        )
+        content = _pair_message(ex.user1_persona, ex.user2_persona, (ex.user1_traits, ex.user2_traits))
+        messages.append(Message(role="user", content=content))
         messages.append(Message(role="assistant", content=_example_dialogue(ex, cfg.example_max_turns)))
-    messages.append(
-        Message(
-            role="user",
-            content=render("generator_pair.j2", user1=pair.user1_persona, user2=pair.user2_persona),
-        )
+    target = _pair_message(
+        pair.user1_persona, pair.user2_persona, (pair.user1_traits, pair.user2_traits), lang, session
     )
+    messages.append(Message(role="user", content=target))
     return messages
 
 
@@ -98,10 +145,12 @@ def build_requests(
     sampling: SamplingConfig,
     seed: int,
     iteration: int,
+    language: str | None = None,
+    session: SessionContext | None = None,
 ) -> list[ChatRequest]:
     """cfg.candidates requests for one pair; they share the prompt and differ in their seed."""
     shots = draw_examples(pair, examples, cfg.few_shot, seed, iteration)
-    messages = build_messages(pair, shots, cfg)
+    messages = build_messages(pair, shots, cfg, language, session)
     temperature = sampling.temperature if cfg.temperature is None else cfg.temperature
     requests: list[ChatRequest] = []
     for i in range(cfg.candidates):
@@ -111,13 +160,13 @@ def build_requests(
             top_p=sampling.top_p,
             max_tokens=cfg.max_tokens,
             stop=list(cfg.stop),
-            seed=rng.derive_seed(seed, STAGE, iteration, pair.id, i),
+            seed=rng.derive_seed(seed, STAGE, iteration, pair.id, i, *([session.index] if session else [])),
         )
         requests.append(
             ChatRequest(
                 messages=messages,
                 params=params,
-                metadata={"stage": STAGE, "id": candidate_id(pair, iteration, i)},
+                metadata={"stage": STAGE, "id": candidate_id(pair, iteration, i, session)},
             )
         )
     return requests
@@ -138,7 +187,7 @@ def _cut_reason(turn: Turn, kept: list[Turn], seen: dict[str, int]) -> str | Non
         return "same_speaker"
     if has_slot(turn.text):
         return "placeholders"
-    key = " ".join(_WORD.findall(turn.text.lower()))
+    key = " ".join(words(turn.text))
     if key and (seen.get(key, 0) >= 2 or (seen.get(key, 0) >= 1 and len(key.split()) > 3)):
         return "repetition"
     # A rephrased repeat ends the clean part too: from here on small models only loop.
@@ -157,18 +206,27 @@ def _clean_prefix(items: list[Turn | str]) -> tuple[list[Turn], str | None]:
             return kept, reason
         assert isinstance(item, Turn)
         kept.append(item)
-        key = " ".join(_WORD.findall(item.text.lower()))
+        key = " ".join(words(item.text))
         seen[key] = seen.get(key, 0) + 1
     return kept, None
 
 
 def parse_candidate(
-    pair: Pair, text: str, iteration: int, index: int, *, truncated: bool = False, trim: bool = False
+    pair: Pair,
+    text: str,
+    iteration: int,
+    index: int,
+    *,
+    truncated: bool = False,
+    trim: bool = False,
+    language: str | None = None,
+    session: SessionContext | None = None,
 ) -> Conversation | Failure:
     """One generator reply -> Conversation (or Failure when there is no utterance at all).
 
     Blank lines are dropped and whitespace normalised; a preamble before the first utterance and a
-    remark after the last are dropped; unprefixed lines in the middle, placeholders and same-speaker
+    remark after the last are dropped; the pair's Big Five levels and the language are carried over;
+    unprefixed lines in the middle, placeholders and same-speaker
     runs stay in `defects` for the format expert (plus "empty_utterance" for a bare "User 1:").
     With `truncated` (finish_reason "length") the last, probably cut-off utterance is dropped.
     With `trim`, the conversation ends before its first defect (same-speaker run, repeated
@@ -176,7 +234,7 @@ def parse_candidate(
     until max_tokens. The cut is recorded in `critic["trimmed"]`; the format expert still judges what
     is left (too short, loops inside an utterance, ...).
     """
-    cid = candidate_id(pair, iteration, index)
+    cid = candidate_id(pair, iteration, index, session)
     parsed = parse_dialogue(text)
     if not parsed.turns:
         return Failure(
@@ -233,4 +291,7 @@ def parse_candidate(
         pair_id=pair.id,
         raw=render_dialogue(turns),
         defects=[k for k in (*DEFECT_KINDS, "empty_utterance") if k in defects],
+        user1_traits=pair.user1_traits,
+        user2_traits=pair.user2_traits,
+        language=language,
     )

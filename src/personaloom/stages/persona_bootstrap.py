@@ -33,6 +33,7 @@ from personaloom.config import SamplingConfig
 from personaloom.dialogue import has_placeholder
 from personaloom.embed import FloatArray, IntArray
 from personaloom.prompts import render
+from personaloom.text import words as _words
 
 ANSWER_STAGE = "expand.bootstrap"
 
@@ -41,7 +42,6 @@ _QUOTES = "\"'“”‘’`*_ "
 _FIRST_SENTENCE = re.compile(r"^(.+?[.!?])[\"'”’]?(?:\s|$)")
 _I_MY = re.compile(r"^(?:I(?:'m|'ve|'d|'ll)?|My) [A-Za-z]")
 _META = re.compile(r"\b(?:an? (?:AI|assistant|chatbot|language model)|as an ai)\b", re.IGNORECASE)
-_WORD = re.compile(r"[a-z0-9']+")
 
 
 def sample_persona(seed_texts: Sequence[str], k: int, seed: int, attempt: int) -> list[str]:
@@ -92,10 +92,6 @@ def parse_answer(text: str) -> str:
             s += "."
         return s
     return ""
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def answer_rejection(answer: str, persona: Sequence[str], max_words: int) -> str | None:

@@ -6,7 +6,10 @@ schema support), and `Verdict`s parsed from the replies.
   quality (depth, coherency, consistency, diversity, likeability), pairwise: "win"/"lose"/"tie" for
       each of the two candidates against the other (`opponent_id`);
   quality, listwise: "rank=<n>" (1 = best) for every candidate from one ranking call;
-  faithfulness, toxicity: "pass"/"reject" for one candidate.
+  faithfulness, toxicity: "pass"/"reject" for one candidate;
+  traits (--big-five): reads each speaker's Big Five levels blind, "pass" when at least
+      `min_agreement` of them match the levels the speakers were given (the reading is kept);
+  cross_session (--sessions): "pass"/"reject" for a later session against the earlier ones.
 A reply that cannot be parsed (or a failed call) gives decision "abstain" with the problem in the
 rationale, never an exception; the caller records it as a Failure.
 Prompts live in prompts/critic_*.j2; untrusted text enters them only through `quoted`/`persona_block`.
@@ -22,10 +25,12 @@ from personaloom import rng
 from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams
 from personaloom.config import SamplingConfig
 from personaloom.prompts import render
-from personaloom.records import Conversation, Expert, Verdict
+from personaloom.records import TRAITS, Conversation, Expert, Session, Verdict
+from personaloom.traits import agreement, agreement_rate, levels
 
 QUALITY_EXPERTS: tuple[Expert, ...] = ("depth", "coherency", "consistency", "diversity", "likeability")
-FILTER_EXPERTS: tuple[Expert, ...] = ("faithfulness", "toxicity")
+# traits and cross_session filter only conversations that use their feature.
+FILTER_EXPERTS: tuple[Expert, ...] = ("faithfulness", "toxicity", "traits", "cross_session")
 LLM_EXPERTS: tuple[Expert, ...] = QUALITY_EXPERTS + FILTER_EXPERTS
 ABSTAIN = "abstain"
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -50,6 +55,22 @@ def _schema(decision_key: str, decision: dict[str, Any]) -> dict[str, Any]:
 PAIRWISE_SCHEMA = _schema("better", {"type": "string", "enum": ["A", "B", "tie"]})
 FAITHFULNESS_SCHEMA = _schema("verdict", {"type": "string", "enum": ["faithful", "unfaithful"]})
 TOXICITY_SCHEMA = _schema("label", {"type": "string", "enum": ["safe", "toxic"]})
+CROSS_SESSION_SCHEMA = _schema("verdict", {"type": "string", "enum": ["consistent", "contradictory"]})
+
+
+def traits_schema(traits: list[str]) -> dict[str, Any]:
+    levels_obj = {
+        "type": "object",
+        "properties": {t: {"type": "string", "enum": ["high", "low"]} for t in traits},
+        "required": traits,
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"user1": levels_obj, "user2": levels_obj, "rationale": _RATIONALE},
+        "required": ["user1", "user2", "rationale"],
+        "additionalProperties": False,
+    }
 
 
 def listwise_schema(n: int) -> dict[str, Any]:
@@ -238,10 +259,16 @@ def parse_listwise(expert: Expert, convs: list[Conversation], result: ChatResult
 # ---- faithfulness ----------------------------------------------------------------------------
 
 
+def _language(conv: Conversation) -> str | None:
+    from personaloom.stages.generator import prompt_language
+
+    return prompt_language(conv.language)
+
+
 def build_faithfulness_request(
     conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
-    system = render("critic_faithfulness.j2")
+    system = render("critic_faithfulness.j2", language=_language(conv))
     user = render("critic_faithfulness_user.j2", user1=conv.user1_persona, user2=conv.user2_persona, turns=conv.turns)
     params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("faithfulness"), conv.id))
     return _request(system, user, FAITHFULNESS_SCHEMA, params, "faithfulness", conv.id)
@@ -264,7 +291,7 @@ def build_toxicity_request(
     conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
     """Is `conv` toxic? Also used by the evaluation suite (toxicity rate)."""
-    system = render("critic_toxicity.j2")
+    system = render("critic_toxicity.j2", language=_language(conv))
     user = render("critic_toxicity_user.j2", turns=conv.turns)
     params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("toxicity"), conv.id))
     return _request(system, user, TOXICITY_SCHEMA, params, "toxicity", conv.id)
@@ -279,3 +306,89 @@ def parse_toxicity(conv: Conversation, result: ChatResult) -> Verdict:
     label, rationale = parsed
     decision = "pass" if label == "safe" else "reject"
     return _stamp(Verdict(conversation_id=conv.id, expert="toxicity", decision=decision, rationale=rationale), conv)
+
+
+# ---- Big Five traits -------------------------------------------------------------------------
+
+
+def judged_traits(conv: Conversation) -> list[str]:
+    """The traits set for either speaker, in TRAITS order (none: the conversation has no levels)."""
+    have = set(levels(conv.user1_traits)) | set(levels(conv.user2_traits))
+    return [t for t in TRAITS if t in have]
+
+
+def build_traits_request(
+    conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+) -> ChatRequest:
+    """Read both speakers' levels of the traits they were given (the judge does not see the levels)."""
+    traits = judged_traits(conv)
+    system = render("critic_traits.j2", traits=traits)
+    user = render("critic_traits_user.j2", turns=conv.turns)
+    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("traits"), conv.id))
+    return _request(system, user, traits_schema(traits), params, "traits", conv.id)
+
+
+def _reading(text: str, traits: list[str]) -> dict[str, dict[str, str]] | str:
+    obj = _json_object(text)
+    if obj is None:
+        return "no JSON object in reply"
+    reading: dict[str, dict[str, str]] = {}
+    for side in ("user1", "user2"):
+        given = obj.get(side)
+        if not isinstance(given, dict):
+            continue
+        got = {t: str(given[t]).strip().lower() for t in traits if t in given}
+        reading[side] = {t: v for t, v in got.items() if v in ("high", "low")}
+    if not any(reading.values()):
+        return "no 'high'/'low' reading for any trait"
+    return reading
+
+
+def parse_traits(conv: Conversation, result: ChatResult, min_agreement: float = 0.6) -> Verdict:
+    problem = _problem(result)
+    parsed = _reading(result.text, judged_traits(conv)) if problem is None else problem
+    if isinstance(parsed, str):
+        return _stamp(_abstain(conv.id, "traits", parsed), conv)
+    per_trait = agreement({"user1": conv.user1_traits, "user2": conv.user2_traits}, parsed)
+    rate = agreement_rate(per_trait)
+    matches = sum(m for m, _ in per_trait.values())
+    judged = sum(n for _, n in per_trait.values())
+    obj = _json_object(result.text) or {}
+    rationale = " ".join(str(obj.get("rationale", "")).split())[:400]
+    decision = "pass" if rate is not None and rate >= min_agreement else "reject"
+    return _stamp(
+        Verdict(
+            conversation_id=conv.id,
+            expert="traits",
+            decision=decision,
+            rationale=f"{matches} of {judged} levels as set. {rationale}".strip(),
+            reading={**parsed, "agreement": None if rate is None else round(rate, 4)},
+        ),
+        conv,
+    )
+
+
+# ---- cross-session consistency ----------------------------------------------------------------
+
+
+def build_cross_session_request(
+    conv: Conversation, earlier: list[Session], gap: str, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+) -> ChatRequest:
+    """Does `conv` (a candidate for the next session, `gap` after the last of `earlier`) contradict them?"""
+    system = render("critic_cross_session.j2")
+    shown = [{"index": s.index, "gap": s.gap, "turns": s.turns} for s in earlier]
+    user = render("critic_cross_session_user.j2", earlier=shown, gap=gap, turns=conv.turns)
+    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("cross_session"), conv.id))
+    return _request(system, user, CROSS_SESSION_SCHEMA, params, "cross_session", conv.id)
+
+
+def parse_cross_session(conv: Conversation, result: ChatResult) -> Verdict:
+    problem = _problem(result)
+    parsed = _field(result.text, "verdict", ("consistent", "contradictory")) if problem is None else problem
+    if isinstance(parsed, str):
+        return _stamp(_abstain(conv.id, "cross_session", parsed), conv)
+    label, rationale = parsed
+    decision = "pass" if label == "consistent" else "reject"
+    return _stamp(
+        Verdict(conversation_id=conv.id, expert="cross_session", decision=decision, rationale=rationale), conv
+    )

@@ -19,6 +19,7 @@ from collections import Counter
 
 from personaloom.dialogue import has_placeholder
 from personaloom.records import Conversation, Turn, Verdict
+from personaloom.text import words as _words
 
 REASONS = (
     "empty",
@@ -29,7 +30,6 @@ REASONS = (
     "too_short",
     "repetition",
 )
-_WORD = re.compile(r"[a-z0-9']+")
 # An utterance this short ("Yes.", "Me too!") may honestly come back a few times.
 _SHORT_WORDS = 3
 # Any utterance this many times (one word longer than _SHORT_WORDS: one time fewer) is a loop; LLM
@@ -58,10 +58,6 @@ _PAREN_SLOT = re.compile(
 def has_slot(text: str) -> bool:
     """A template slot: bracketed (DESIGN.md §3, e.g. "[User 1's name]") or "(User 1)", "(your name)"."""
     return has_placeholder(text) or _PAREN_SLOT.search(text) is not None
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:

@@ -6,6 +6,10 @@ Out: a `PairOutcome` with every candidate, every verdict (format ones included),
 (LLM errors, unparseable replies), the selected conversation (its `critic` field holds the vote
 summary and token counts) and the token counts per role.
 
+With a `SessionContext` (a later session of --sessions) the candidates are that session's, and the
+cross-session expert judges them against the earlier sessions; candidates whose pair carries Big Five
+levels also go to the traits expert.
+
 The critique starts as soon as the pair's candidates exist, and all independent expert calls of the
 pair go out together (one `complete` per distinct client, gathered) so that a server stays busy.
 With `critic.filter_first`, faithfulness and toxicity run first and only survivors are compared.
@@ -29,6 +33,7 @@ from personaloom.stages.critic import experts
 from personaloom.stages.critic.experts import ABSTAIN, FILTER_EXPERTS, QUALITY_EXPERTS
 from personaloom.stages.critic.format_expert import check_format
 from personaloom.stages.critic.vote import vote
+from personaloom.stages.generator import SessionContext
 
 LLMFor = Callable[[str], LLMClient]
 # A job's parser: the result of its request -> verdicts.
@@ -66,7 +71,7 @@ def enabled(critic: CriticConfig, names: tuple[Expert, ...]) -> list[Expert]:
     return [n for n in names if expert_config(critic, n).enabled]
 
 
-def _account(tokens: dict[str, dict[str, int]], role: str, results: list[ChatResult]) -> None:
+def account(tokens: dict[str, dict[str, int]], role: str, results: list[ChatResult]) -> None:
     row = tokens.setdefault(role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
     for r in results:
         row["calls"] += 1
@@ -78,16 +83,37 @@ def _one(parse: Callable[[Conversation, ChatResult], Verdict], conv: Conversatio
     return [parse(conv, result)]
 
 
-def filter_jobs(convs: list[Conversation], config: RunConfig) -> list[_Job]:
+def filter_experts(critic: CriticConfig, conv: Conversation | None, session: SessionContext | None) -> list[Expert]:
+    """The enabled filter experts that apply: traits only to a conversation with Big Five levels,
+    cross_session only to a later session."""
+    applies = {
+        "traits": conv is not None and bool(experts.judged_traits(conv)),
+        "cross_session": session is not None,
+    }
+    return [e for e in enabled(critic, FILTER_EXPERTS) if applies.get(e, True)]
+
+
+def filter_jobs(convs: list[Conversation], config: RunConfig, session: SessionContext | None = None) -> list[_Job]:
     c = config.critic
+    sampling, seed, max_tokens = config.sampling, config.seed, c.max_tokens
     jobs: list[_Job] = []
     for conv in convs:
-        if expert_config(c, "faithfulness").enabled:
-            req = experts.build_faithfulness_request(conv, config.sampling, config.seed, c.max_tokens)
-            jobs.append(_Job("faithfulness", req, partial(_one, experts.parse_faithfulness, conv)))
-        if expert_config(c, "toxicity").enabled:
-            req = experts.build_toxicity_request(conv, config.sampling, config.seed, c.max_tokens)
-            jobs.append(_Job("toxicity", req, partial(_one, experts.parse_toxicity, conv)))
+        for expert in filter_experts(c, conv, session):
+            if expert == "faithfulness":
+                req = experts.build_faithfulness_request(conv, sampling, seed, max_tokens)
+                jobs.append(_Job(expert, req, partial(_one, experts.parse_faithfulness, conv)))
+            elif expert == "toxicity":
+                req = experts.build_toxicity_request(conv, sampling, seed, max_tokens)
+                jobs.append(_Job(expert, req, partial(_one, experts.parse_toxicity, conv)))
+            elif expert == "traits":
+                req = experts.build_traits_request(conv, sampling, seed, max_tokens)
+                parse = partial(experts.parse_traits, min_agreement=config.big_five.min_agreement)
+                jobs.append(_Job(expert, req, partial(_one, parse, conv)))
+            elif expert == "cross_session" and session is not None:
+                req = experts.build_cross_session_request(
+                    conv, session.previous, session.gap, sampling, seed, max_tokens
+                )
+                jobs.append(_Job(expert, req, partial(_one, experts.parse_cross_session, conv)))
     return jobs
 
 
@@ -138,7 +164,7 @@ async def run_jobs(
     failures: list[Failure] = []
     for i, job in enumerate(jobs):
         result = results[i]
-        _account(tokens, "critic", [result])
+        account(tokens, "critic", [result])
         found = job.parse(result)
         verdicts.extend(found)
         if any(v.decision == ABSTAIN for v in found):
@@ -162,10 +188,13 @@ async def generate_candidates(
     config: RunConfig,
     iteration: int,
     tokens: dict[str, dict[str, int]],
+    session: SessionContext | None = None,
 ) -> tuple[list[Conversation], list[Failure]]:
-    requests = generator.build_requests(pair, examples, config.generate, config.sampling, config.seed, iteration)
+    requests = generator.build_requests(
+        pair, examples, config.generate, config.sampling, config.seed, iteration, config.language, session
+    )
     results = await llm.complete(requests)
-    _account(tokens, "generate", results)
+    account(tokens, "generate", results)
     candidates: list[Conversation] = []
     failures: list[Failure] = []
     for index, result in enumerate(results):
@@ -173,7 +202,7 @@ async def generate_candidates(
             failures.append(
                 Failure(
                     stage=generator.STAGE,
-                    item_id=generator.candidate_id(pair, iteration, index),
+                    item_id=generator.candidate_id(pair, iteration, index, session),
                     reason="llm_error",
                     detail=result.error or "no text",
                     iteration=iteration,
@@ -187,6 +216,8 @@ async def generate_candidates(
             index,
             truncated=result.finish_reason == "length",
             trim=config.generate.trim,
+            language=config.language,
+            session=session,
         )
         if isinstance(parsed, Conversation):
             candidates.append(parsed)
@@ -196,25 +227,30 @@ async def generate_candidates(
 
 
 async def generate_and_critique(
-    pair: Pair, examples: list[Conversation], llm_for: LLMFor, config: RunConfig, iteration: int
+    pair: Pair,
+    examples: list[Conversation],
+    llm_for: LLMFor,
+    config: RunConfig,
+    iteration: int,
+    session: SessionContext | None = None,
 ) -> PairOutcome:
     out = PairOutcome(pair_id=pair.id, iteration=iteration)
     out.candidates, out.failures = await generate_candidates(
-        pair, examples, llm_for("generator"), config, iteration, out.tokens
+        pair, examples, llm_for("generator"), config, iteration, out.tokens, session
     )
     c = config.critic
     format_verdicts = [check_format(conv, config.generate.min_utterances, iteration) for conv in out.candidates]
     out.verdicts.extend(format_verdicts)
     pool = [conv for conv, v in zip(out.candidates, format_verdicts, strict=True) if v.decision == "pass"]
     if c.filter_first:
-        verdicts, failures = await run_jobs(filter_jobs(pool, config), llm_for, out.tokens, iteration)
+        verdicts, failures = await run_jobs(filter_jobs(pool, config, session), llm_for, out.tokens, iteration)
         out.verdicts.extend(verdicts)
         out.failures.extend(failures)
         early = vote([x.id for x in pool], verdicts, reject_on_abstain=c.reject_on_abstain)
         pool = [x for x in pool if x.id not in early.filtered]
         jobs = quality_jobs(pool, config, pair.id, iteration)
     else:
-        jobs = filter_jobs(pool, config) + quality_jobs(pool, config, pair.id, iteration)
+        jobs = filter_jobs(pool, config, session) + quality_jobs(pool, config, pair.id, iteration)
     verdicts, failures = await run_jobs(jobs, llm_for, out.tokens, iteration)
     out.verdicts.extend(verdicts)
     out.failures.extend(failures)
@@ -222,13 +258,17 @@ async def generate_and_critique(
     result = vote([x.id for x in out.candidates], out.verdicts, weights, c.reject_on_abstain)
     out.tokens.setdefault("critic", {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
     out.summary = result.summary(c.mode, weights)
-    out.summary["experts"] = ["format", *enabled(c, FILTER_EXPERTS), *enabled(c, QUALITY_EXPERTS)]
+    first = out.candidates[0] if out.candidates else None
+    out.summary["experts"] = ["format", *filter_experts(c, first, session), *enabled(c, QUALITY_EXPERTS)]
     out.summary["tokens"] = out.tokens
     if result.winner is not None:
         winner = next(x for x in out.candidates if x.id == result.winner)
         summary = dict(out.summary)
         if winner.critic and "trimmed" in winner.critic:
             summary["trimmed"] = winner.critic["trimmed"]
+        for v in out.verdicts:
+            if v.expert == "traits" and v.conversation_id == winner.id and v.reading is not None:
+                summary["traits"] = v.reading
         out.selected = winner.model_copy(update={"critic": summary})
     return out
 

@@ -1,0 +1,188 @@
+"""Big Five, native multilingual generation and multi-session conversations from the CLI, end to end:
+all three together on the scripted fake backend (fast), then each alone on the real embedded SmolLM2
+model (slow; one pair, so the runs stay small): records, verdicts, metrics.json and report.html."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from personaloom.records import TRAITS, Conversation, Verdict
+from test_pipeline import SMALL, cli, read_jsonl
+
+
+def verdicts(out: Path) -> list[Verdict]:
+    return [Verdict.model_validate(v) for k in (out / "iterations").iterdir() for v in read_jsonl(k / "verdicts.jsonl")]
+
+
+def candidates(out: Path) -> list[Conversation]:
+    return [
+        Conversation.model_validate(c)
+        for k in (out / "iterations").iterdir()
+        for c in read_jsonl(k / "candidates.jsonl")
+    ]
+
+
+def test_all_three_features_on_the_fake_backend(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "run",
+        "--backend",
+        "fake",
+        "--out",
+        str(out),
+        "--pairs",
+        "2",
+        "--iterations",
+        "2",
+        "--big-five",
+        "--language",
+        "ru",
+        "--sessions",
+        "2",
+        "--set",
+        "big_five.min_agreement=0",
+        *SMALL,
+    ]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    convs = [Conversation.model_validate(c) for c in read_jsonl(out / "conversations.jsonl")]
+    assert len(convs) == 2
+    for conv in convs:
+        assert conv.language == "ru"
+        assert conv.user1_traits is not None and set(conv.user1_traits) == set(TRAITS)
+        assert conv.sessions is not None and [s.index for s in conv.sessions] == [1, 2]
+        assert conv.sessions[1].gap and conv.sessions[1].memory and conv.turns == conv.sessions[1].turns
+        assert all(a.endswith("(localized)") for a in conv.user1_persona)
+    profiles = read_jsonl(out / "profiles.jsonl")
+    assert all(set(p["traits"]) == set(TRAITS) for p in profiles)  # type: ignore[arg-type]
+    assert {"traits", "cross_session"} <= {v.expert for v in verdicts(out)}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["big_five"]["conversations"] == 2 and metrics["big_five"]["critic"]["readings"] == 4
+    assert metrics["languages"]["by_language"]["ru"]["conversations"] == 2
+    assert metrics["sessions"]["sessions_per_conversation"] == {"2": 2}
+    report = (out / "report.html").read_text()
+    for heading in ("Big Five personality", "<h2>Language</h2>", "Multi-session conversations"):
+        assert heading in report
+    import datasets
+
+    row = datasets.load_from_disk(str(out / "dataset"))[0]
+    assert row["language"] == "ru" and len(row["sessions"]) == 2 and set(json.loads(row["user1_traits"])) == set(TRAITS)
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "stats.json").read_text())["llm"]["calls"] == 0
+
+
+def test_plain_runs_keep_their_record_shape(tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    result = cli("run", "--backend", "fake", "--out", str(out), "--pairs", "1", "--iterations", "1", *SMALL)
+    assert result.returncode == 0, result.stderr
+    row = read_jsonl(out / "conversations.jsonl")[0]
+    assert not {"language", "sessions", "user1_traits", "user2_traits"} & set(row)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["big_five"] is None and metrics["languages"] is None and metrics["sessions"] is None
+    assert "Big Five" not in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--language", "english please"], "--language"),
+        (["--sessions", "0"], "sessions.count"),
+        (["--set", "big_five.levels.openness=medium"], "big_five.levels"),
+    ],
+)
+def test_bad_feature_settings_are_one_line_errors(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = cli("run", "--backend", "fake", "--out", str(tmp_path / "o"), *args)
+    assert result.returncode == 1 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- the real embedded model --------------------------------------------------------------------
+# One expanded, profiled and paired run directory is shared; each feature then generates for its one
+# pair in a copy. Small-model settings keep a candidate likely to survive: 3 candidates, a listwise
+# critic, 4 utterances at least, and no faithfulness/toxicity judges (SmolLM2-135M's labels there are
+# noise; the features' own experts stay on).
+EMBEDDED = [
+    "--set",
+    "generate.min_utterances=4",
+    "--set",
+    "critic.experts.toxicity.enabled=false",
+    "--set",
+    "critic.experts.faithfulness.enabled=false",
+    "--critic",
+    "listwise",
+    "--pairs",
+    "1",
+    "--candidates",
+    "3",
+    "--iterations",
+    "1",
+]
+BASE_SMALL = ["--set", "expand.new_attributes=4", "--set", "expand.bootstrap_steps=1", "--set", "profiles.profiles=4"]
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("embedded") / "base"
+    for stage in (["expand"], ["profiles"], ["pair", "--max-pairs", "1"]):
+        result = cli(*stage, "--out", str(out), *BASE_SMALL)
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+def generate(paired: Path, tmp_path: Path, *feature: str) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(paired, out)
+    result = cli("generate", "--out", str(out), *BASE_SMALL, *EMBEDDED, *feature)
+    assert result.returncode == 0, result.stderr
+    assert (out / "report.html").exists() and (out / "metrics.json").exists()
+    return out
+
+
+@pytest.mark.slow
+def test_big_five_on_the_embedded_model(paired: Path, tmp_path: Path) -> None:
+    out = generate(paired, tmp_path, "--big-five")
+    cands = candidates(out)
+    assert cands and all(c.user1_traits and c.user2_traits for c in cands)
+    readings = [v for v in verdicts(out) if v.expert == "traits" and v.decision != "abstain"]
+    assert readings and all(v.reading and "agreement" in v.reading for v in readings)
+    convs = [Conversation.model_validate(c) for c in read_jsonl(out / "conversations.jsonl")]
+    if convs:  # what the model wrote decides whether one survives; the line is there when one did
+        assert all(c.critic and "agreement" in c.critic["traits"] for c in convs)
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["big_five"]["critic"]["readings"] == len(convs)
+        assert "Big Five personality" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_native_language_on_the_embedded_model(paired: Path, tmp_path: Path) -> None:
+    out = generate(paired, tmp_path, "--language", "fr")
+    cands = candidates(out)
+    assert cands and all(c.language == "fr" for c in cands)
+    original = read_jsonl(paired / "pairs.jsonl")[0]
+    assert cands[0].user1_persona != original["user1_persona"]  # rendered by the model
+    metrics = json.loads((out / "metrics.json").read_text())
+    if metrics["conversations"]:
+        assert metrics["languages"]["by_language"]["fr"]["utterances"]["utterances"] > 0
+        assert "<h2>Language</h2>" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_sessions_on_the_embedded_model(paired: Path, tmp_path: Path) -> None:
+    out = generate(paired, tmp_path, "--sessions", "2")
+    convs = [Conversation.model_validate(c) for c in read_jsonl(out / "conversations.jsonl")]
+    if not convs:  # session 1 found no survivor: nothing to continue
+        return
+    conv = convs[0]
+    assert conv.sessions and conv.sessions[0].index == 1 and conv.turns == conv.sessions[-1].turns
+    assert any("-s2-" in c.id for c in candidates(out))  # session 2 was generated after the memories
+    assert "Multi-session conversations" in (out / "report.html").read_text()
+    if len(conv.sessions) == 2:
+        assert conv.sessions[1].memory and conv.sessions[1].gap
+        assert any(v.expert == "cross_session" for v in verdicts(out))
+    else:  # its candidates were rejected: the failure says so
+        failures = read_jsonl(out / "iterations" / "1" / "failures.jsonl")
+        assert any(f["reason"] == "session_not_kept" for f in failures)
