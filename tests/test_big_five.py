@@ -16,8 +16,8 @@ from personaloom.config import BigFiveConfig, GenerateConfig, RunConfig, Samplin
 from personaloom.evaluate.features import big_five
 from personaloom.records import TRAITS, Conversation, Pair, Profile, Turn
 from personaloom.stages import generator
-from personaloom.stages.sessions import converse
 from personaloom.stages.critic.experts import build_traits_request, parse_traits
+from personaloom.stages.sessions import converse
 from personaloom.traits import agreement, assign_to_pair, assign_to_profiles, level, resolve
 
 ON = BigFiveConfig(enabled=True)
@@ -93,6 +93,13 @@ def test_profiles_then_pairs_carry_the_same_levels() -> None:
     assert done.user1_traits == with_levels[0].traits and done.user2_traits == with_levels[1].traits
     # a pair without profiles (hand-written pairs.jsonl) still gets levels, stably
     assert assign_to_pair(pair, ON, 0).user1_traits == assign_to_pair(pair, ON, 0).user1_traits
+    # per trait: the pair's own level, then its profile's
+    partial = pair.model_copy(update={"user2_traits": {"neuroticism": "high"}})
+    merged = assign_to_pair(partial, ON, 0, {p.id: p for p in with_levels}).user2_traits
+    assert merged is not None and merged["neuroticism"] == "high" and merged["openness"] == "low"
+    # levels set in run.yaml switch the feature on without --big-five
+    from_yaml = BigFiveConfig(levels={"extraversion": "low"})
+    assert from_yaml.active and assign_to_profiles(profiles, from_yaml, 0)[0].traits["extraversion"] == "low"  # type: ignore[index]
 
 
 def test_bad_levels_are_config_errors(tmp_path: object) -> None:
@@ -130,6 +137,9 @@ def test_traits_expert_reads_blind_and_scores_agreement() -> None:
     assert partial.decision == "pass" and partial.reading is not None and partial.reading["agreement"] == 0.8
     broken = parse_traits(conv(), ChatResult(texts=["I think user 1 is outgoing"], usage=Usage()), 0.6)
     assert broken.decision == "abstain"
+    cut = json.dumps({"user1": HIGH_E, "user2": LOW_E, "rationale": "User 1 is very outgoing and"})[:-20]
+    salvaged = parse_traits(conv(), ChatResult(texts=[cut], usage=Usage(), finish_reason="length"), 0.6)
+    assert salvaged.decision == "pass" and salvaged.reading is not None and salvaged.reading["agreement"] == 1.0
     assert agreement({"user1": HIGH_E}, {"user1": {"openness": "high", "extraversion": "low"}}) == {
         "openness": (1, 1),
         "extraversion": (0, 1),

@@ -45,6 +45,9 @@ def test_all_three_features_on_the_fake_backend(tmp_path: Path) -> None:
         "2",
         "--set",
         "big_five.min_agreement=0",
+        # the scripted backend writes English whatever it is asked: let its replies through
+        "--set",
+        "critic.language_min_share=0",
         *SMALL,
     ]
     first = cli(*args)
@@ -59,7 +62,7 @@ def test_all_three_features_on_the_fake_backend(tmp_path: Path) -> None:
         assert all(a.endswith("(localized)") for a in conv.user1_persona)
     profiles = read_jsonl(out / "profiles.jsonl")
     assert all(set(p["traits"]) == set(TRAITS) for p in profiles)  # type: ignore[arg-type]
-    assert {"traits", "cross_session"} <= {v.expert for v in verdicts(out)}
+    assert {"traits", "language", "cross_session"} <= {v.expert for v in verdicts(out)}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["big_five"]["conversations"] == 2 and metrics["big_five"]["critic"]["readings"] == 4
     assert metrics["languages"]["by_language"]["ru"]["conversations"] == 2
@@ -172,7 +175,8 @@ def test_native_language_on_the_embedded_model(paired: Path, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_sessions_on_the_embedded_model(paired: Path, tmp_path: Path) -> None:
-    out = generate(paired, tmp_path, "--sessions", "2")
+    # 5 candidates per session (the last --candidates wins): SmolLM2 then keeps both sessions here.
+    out = generate(paired, tmp_path, "--sessions", "2", "--candidates", "5")
     convs = [Conversation.model_validate(c) for c in read_jsonl(out / "conversations.jsonl")]
     if not convs:  # session 1 found no survivor: nothing to continue
         return

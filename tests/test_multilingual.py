@@ -63,14 +63,19 @@ def _result(text: str) -> ChatResult:
 
 
 def test_parse_localized_attribute() -> None:
-    assert parse_reply("I have two dogs.", _result("J'ai deux chiens.")) == "J'ai deux chiens."
-    assert (
-        parse_reply("I have two dogs.", _result('French: "J\'ai deux chiens."\nNote: literal')) == "J'ai deux chiens."
-    )
-    assert parse_reply("I have two dogs.", _result("「犬を二匹飼っています。」")) == "犬を二匹飼っています。"
-    assert parse_reply("I have two dogs.", _result("   \n")) is None
-    assert parse_reply("I bake.", _result("x" * 200)) is None
-    assert parse_reply("I bake.", ChatResult(error="timeout")) is None
+    dogs = "I have two dogs."
+    assert parse_reply(dogs, _result("J'ai deux chiens."), "fr") == "J'ai deux chiens."
+    assert parse_reply(dogs, _result('French: "J\'ai deux chiens."\nNote: literal'), "fr") == "J'ai deux chiens."
+    assert parse_reply(dogs, _result("Français : J'ai deux chiens."), "fr") == "J'ai deux chiens."
+    assert parse_reply(dogs, _result("Here is the translation:\nJ'aime les chats."), "fr") == "J'aime les chats."
+    assert parse_reply(dogs, _result("Translation: Tengo dos perros."), "es") == "Tengo dos perros."
+    # a colon inside the sentence is not a label
+    assert parse_reply(dogs, _result("Tengo dos perros: Max y Rex."), "es") == "Tengo dos perros: Max y Rex."
+    assert parse_reply(dogs, _result("Mes passe-temps : lire et courir."), "fr") == "Mes passe-temps : lire et courir."
+    assert parse_reply(dogs, _result("「犬を二匹飼っています。」"), "ja") == "犬を二匹飼っています。"
+    assert parse_reply(dogs, _result("   \n"), "fr") is None
+    assert parse_reply("I bake.", _result("x" * 200), "fr") is None
+    assert parse_reply("I bake.", ChatResult(error="timeout"), "fr") is None
 
 
 def test_localize_pair_once_per_attribute() -> None:
@@ -119,3 +124,44 @@ def test_evaluation_line() -> None:
     assert ru["utterances"]["in_language"] == 1 and ru["utterances"]["other"] == 1
     assert ru["attributes"]["rate"] == 1.0
     assert languages(convs[1:]) is None
+
+
+def test_language_expert_rejects_replies_in_another_language() -> None:
+    from personaloom.stages.critic.language_expert import check_language
+
+    def conv(*texts: str) -> Conversation:
+        turns = [Turn(speaker=1 + i % 2, text=t) for i, t in enumerate(texts)]
+        return Conversation(id="c", user1_persona=[], user2_persona=[], turns=turns, language="fr")
+
+    french = conv("Salut ! Tu fais quoi ce week-end ?", "Je vais au marché avec ma sœur.", "Ok !")
+    english = conv("Hi! What are you doing this weekend?", "I am going to the market with my sister.", "Ok!")
+    assert check_language(french, "fr", 0.6).decision == "pass"
+    verdict = check_language(english, "fr", 0.6)
+    assert verdict.decision == "reject" and verdict.rationale.startswith("0 of 2 identifiable utterances in fr")
+    assert check_language(conv("Ok !", "Oui."), "fr", 0.6).decision == "pass"  # nothing to tell: not rejected
+
+    from personaloom.stages.critic import generate_and_critique
+
+    def answer(req: ChatRequest) -> str:
+        if req.stage == "generate":
+            return (
+                "User 1: Hi! What are you doing this weekend?\nUser 2: I am going to the market with my sister.\n"
+                "User 1: That sounds like fun. What do you buy there?\nUser 2: Mostly fresh bread and some cheese.\n"
+                "User 1: I love the bakery near my house.\nUser 2: Which one is your favourite?"
+            )
+        return json.dumps({"verdict": "faithful", "label": "safe", "better": "A", "rationale": ""})
+
+    client = BackendClient(FakeBackend(answer))
+    out = asyncio.run(generate_and_critique(PAIR, [], lambda _: client, RunConfig(language="fr"), 1))
+    assert out.selected is None and out.summary["experts"][:2] == ["format", "language"]
+    assert {v.expert for v in out.verdicts} == {"format", "language"}  # no LLM judge saw them
+
+
+def test_dataset_card_names_the_language(tmp_path: object) -> None:
+    from personaloom.io.card import dataset_card
+
+    ja = Conversation(
+        id="c", user1_persona=[], user2_persona=[], turns=[Turn(speaker=1, text="こんにちは")], language="ja"
+    )
+    assert "language:\n- ja\n" in dataset_card([ja], title="t", sources=[])
+    assert "language:\n- en\n" in dataset_card([ja.model_copy(update={"language": None})], title="t", sources=[])

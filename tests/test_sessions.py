@@ -65,6 +65,7 @@ def test_three_sessions_with_memory_and_cross_session_expert() -> None:
         "user2": "User 2 remembers dogs and sourdough.",
     }
     assert conv.turns == conv.sessions[-1].turns and conv.turns[0].text.startswith("Hello again")
+    assert conv.raw is not None and conv.raw.startswith("User 1: Hello again") and conv.defects == []
     assert len(conv.all_turns()) == 18
     assert conv.id == "p1-i1-c0" and conv.critic is not None and len(conv.critic["sessions"]) == 3
     ids = {c.id for c in out.candidates}  # type: ignore[attr-defined]
@@ -74,6 +75,9 @@ def test_three_sessions_with_memory_and_cross_session_expert() -> None:
     # the later session's prompt states the gap and both memories; its memory call saw session 1
     later = next(r for r in fake.requests if r.metadata["id"] == "p1-i1-s2-c0")
     assert '"two weeks" have passed' in later.messages[-1].content
+    assert "who have talked before" in later.messages[0].content
+    first = next(r for r in fake.requests if r.metadata["id"] == "p1-i1-c0")
+    assert "who have just met" in first.messages[0].content
     assert "User 2 remembers dogs and sourdough." in later.messages[-1].content
     memory = next(r for r in fake.requests if r.metadata["id"] == "p1-s2-u1")
     assert "sourdough, my favourite." in memory.messages[-1].content.lower()
@@ -94,6 +98,13 @@ def test_cross_session_request_shows_earlier_sessions() -> None:
     req = build_cross_session_request(cand, earlier, "one month", RunConfig().sampling, 0)
     user = req.messages[-1].content
     assert user.index("I moved to Oslo.") < user.index("Still in Rome!") and '"one month"' in user
+    # older sessions reach the judge through the memories: the prompt shows the last two in full
+    many = [Session(index=i, turns=[Turn(speaker=1, text=f"Line of session {i}.")]) for i in range(1, 6)]
+    memory = {"user1": "Lives in Oslo.", "user2": "Bakes."}
+    req = build_cross_session_request(cand, many, "one month", RunConfig().sampling, 0, memory=memory)
+    user = req.messages[-1].content
+    assert "session 3." not in user and "session 4." in user and "session 5." in user
+    assert '"Lives in Oslo."' in user
     bad = ChatResult(texts=['{"verdict": "contradictory", "rationale": "Oslo vs Rome"}'], usage=Usage())
     assert parse_cross_session(cand, bad).decision == "reject"
 
@@ -108,3 +119,26 @@ def test_evaluation_line() -> None:
     assert m["utterances_per_session"] == 6.0 and m["gaps"] == {"two weeks": 2}
     assert m["judge"] == {"consistent_rate": 1.0, "consistent": 2, "judged": 2, "abstain": 0}
     assert len(verdicts) == 2
+
+
+def test_examples_show_their_first_session() -> None:
+    from personaloom.config import GenerateConfig
+    from personaloom.stages.generator import build_messages
+
+    out, _ = run(responder(), count=2)
+    example = out.selected  # type: ignore[attr-defined]
+    messages = build_messages(PAIR, [example], GenerateConfig())
+    assert messages[2].content.startswith("User 1: Hi, I just walked my dogs.")
+
+
+def test_memory_loops_are_cut() -> None:
+    from personaloom.stages.sessions import parse_memory
+
+    loop = '"I will take you to the mountains. I will take you to the mountains. We like guitars! I will take you'
+    got = parse_memory(ChatResult(texts=[loop], usage=Usage()))
+    assert got == "I will take you to the mountains. We like guitars! I will take you"
+    assert (
+        parse_memory(ChatResult(texts=["她喜欢面包。她喜欢面包。他有两只狗。"], usage=Usage()))
+        == "她喜欢面包。 他有两只狗。"
+    )
+    assert parse_memory(ChatResult(texts=["  "], usage=Usage())) is None

@@ -209,7 +209,8 @@ def test_language_table_and_names() -> None:
     required = ["en", "fr", "de", "es", "it", "pt", "nl", "pl", "tr", "sv", "ru", "uk", "el", "ar", "he", "hi", "zh"]
     for code in [*required, "ja", "ko", "vi", "id"]:
         assert LANGUAGES[code].code == code
-    assert language_name("fr") == language_name("fr-CA") == "French"
+    assert language_name("fr") == "French" and language_name("fr-CA") == "French (Canada)"
+    assert language_name("zh-Hant") == "Chinese (traditional characters)"
     assert LANGUAGES["de"].native_name == "Deutsch"
     assert language_name("xx") == "the language with code xx"
 

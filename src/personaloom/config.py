@@ -134,10 +134,10 @@ class ExpertConfig(Record):
     backend: BackendConfig | None = None
 
 
-# traits and cross_session judge only runs that use --big-five / --sessions.
+# traits, language and cross_session judge only runs that use --big-five / --language / --sessions.
 EXPERT_NAMES = (
     "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity", "traits",
-    "cross_session",
+    "language", "cross_session",
 )
 
 
@@ -156,6 +156,9 @@ class CriticConfig(Record):
     filter_first: bool = False
     # A judge that cannot be parsed abstains; with this set, an abstaining filter expert rejects.
     reject_on_abstain: bool = False
+    # --language: the language expert rejects a candidate with fewer of its (identifiable) utterances in
+    # the target language than this share.
+    language_min_share: float = Field(0.6, ge=0.0, le=1.0)
 
     @field_validator("experts")
     @classmethod
@@ -178,6 +181,15 @@ class BigFiveConfig(Record):
     # The traits expert rejects a candidate whose speakers show fewer of their set levels than this
     # share (10 readings per conversation: 5 traits x 2 speakers).
     min_agreement: float = Field(0.6, ge=0.0, le=1.0)
+
+    @property
+    def active(self) -> bool:
+        """On with --big-five, or when run.yaml sets any level."""
+        return self.enabled or bool(self.levels)
+
+    def assignment(self) -> tuple[Any, ...]:
+        """What decides profiles' levels (the fingerprint of the profiles and pair stages)."""
+        return (sorted(self.levels.items()), self.p_high) if self.active else ()
 
 
 class SessionsConfig(Record):
@@ -319,7 +331,8 @@ def build_config(
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         source = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{source}setting {loc}: {err['msg']}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{source}setting {loc}: {msg}") from None
 
 
 def _derive_sizes(data: dict[str, Any]) -> None:

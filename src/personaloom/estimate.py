@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from personaloom.config import RunConfig
+from personaloom.text import is_english
 
 QUALITY = ("depth", "coherency", "consistency", "diversity", "likeability")
 # (prompt, completion) tokens per call when nothing was measured yet: SmolLM2-sized prompts.
@@ -53,7 +54,7 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
     # Every session is a full Generator-Critic round (assuming each is kept, the most it can cost).
     sessions = config.sessions.count
     calls["generate"] = pairs * c * sessions
-    if config.language is not None and config.language.split("-")[0].lower() != "en":
+    if not is_english(config.language):
         calls["localize"] = pairs * 2 * pr.size  # at most: the cache pays an attribute shared by pairs once
     if sessions > 1:
         calls["sessions.memory"] = pairs * 2 * (sessions - 1)
@@ -63,7 +64,7 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
         return expert is None or expert.enabled
 
     quality = sum(1 for q in QUALITY if on(q))
-    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f)) + (config.big_five.enabled and on("traits"))
+    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f)) + (config.big_five.active and on("traits"))
     if cr.mode == "listwise":
         per_session = quality + filters * c
     else:

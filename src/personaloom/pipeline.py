@@ -30,8 +30,8 @@ from personaloom.config import BackendConfig, RunConfig, dump_config
 from personaloom.errors import ConfigError, InputError, OutputError
 from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
-from personaloom.stages.localize import needs_localizing
-from personaloom.stats import Stats
+from personaloom.stats import Stats, merge_tokens
+from personaloom.text import is_english
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
 STAGES = ("expand", "profiles", "pair", "generate")
@@ -265,7 +265,7 @@ class Pipeline:
     async def profiles(self, attributes: list[Attribute]) -> list[Profile]:
         cfg = self.config
         fp = _fingerprint("profiles", self.state.done.get("expand"), cfg.profiles, cfg.seed,
-                          *([cfg.big_five] if cfg.big_five.enabled else []))
+                          *cfg.big_five.assignment())
         target = self._path("profiles.jsonl")
         if self.state.is_done("profiles", fp, target):
             profiles: list[Profile] = self._read("profiles.jsonl", Profile)
@@ -289,8 +289,7 @@ class Pipeline:
 
     def pair(self, profiles: list[Profile], attributes: list[Attribute]) -> list[Pair]:
         cfg = self.config
-        fp = _fingerprint("pair", self.state.done.get("profiles"), cfg.pair, cfg.seed,
-                          *([cfg.big_five] if cfg.big_five.enabled else []))
+        fp = _fingerprint("pair", self.state.done.get("profiles"), cfg.pair, cfg.seed, *cfg.big_five.assignment())
         target = self._path("pairs.jsonl")
         if self.state.is_done("pair", fp, target):
             pairs: list[Pair] = self._read("pairs.jsonl", Pair)
@@ -317,8 +316,10 @@ class Pipeline:
     async def generate(self, pairs: list[Pair]) -> list[Conversation]:
         cfg = self.config
         gen = cfg.generate
-        # Pairs made before --big-five was asked for (or written by hand) get their levels here.
-        chosen = [assign_to_pair(p, cfg.big_five, cfg.seed) for p in pairs[: gen.pairs]]
+        # Pairs made before --big-five was asked for (or written by hand) get their levels here, from
+        # profiles.jsonl where it has them.
+        profiles = self._profiles_by_id() if cfg.big_five.active else {}
+        chosen = [assign_to_pair(p, cfg.big_five, cfg.seed, profiles) for p in pairs[: gen.pairs]]
         if not chosen:
             raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
         rounds = _split(chosen, gen.iterations)
@@ -347,6 +348,10 @@ class Pipeline:
             upstream = fp
         self.stats.extra["dataset"] = _dataset_summary(summaries, len(kept), cfg.critic.mode)
         return kept
+
+    def _profiles_by_id(self) -> dict[str, Profile]:
+        path = self._path("profiles.jsonl")
+        return {p.id: p for p in self._read("profiles.jsonl", Profile)} if path.exists() else {}
 
     async def _round(self, k: int, pairs: list[Pair], pool: list[Conversation], folder: Path) -> list[Conversation]:
         from personaloom.io import write_jsonl
@@ -382,10 +387,7 @@ class Pipeline:
                     rejected[key] = rejected.get(key, 0) + 1
             tokens: dict[str, dict[str, int]] = {}
             for outcome in outcomes:
-                for role, row in outcome.tokens.items():
-                    acc = tokens.setdefault(role, {})
-                    for key, value in row.items():
-                        acc[key] = acc.get(key, 0) + value
+                merge_tokens(tokens, outcome.tokens)
             summary = {"pairs": len(pairs), "candidates": len(candidates), "kept": len(selected),
                        "failures": len(failures), "rejected": rejected, "tokens": tokens}
             atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -445,7 +447,7 @@ def next_pool(
 ) -> list[Conversation]:
     """The few-shot pool of the next round: the winners join it; with --language (other than English),
     once in-language winners exist they replace the seed examples."""
-    if needs_localizing(language) and kept:
+    if not is_english(language) and kept:
         return list(kept)
     return [*pool, *selected]
 
@@ -456,7 +458,7 @@ def _feature_settings(cfg: RunConfig) -> list[Any]:
     used: list[Any] = []
     if cfg.language is not None:
         used.append(("language", cfg.language))
-    if cfg.big_five.enabled:
+    if cfg.big_five.active:
         used.append(cfg.big_five)
     if cfg.sessions.count > 1:
         used.append(cfg.sessions)
@@ -476,10 +478,7 @@ def _dataset_summary(rounds: list[dict[str, Any]], kept: int, mode: str) -> dict
     what the dataset cost to make, not what this invocation paid)."""
     tokens: dict[str, dict[str, int]] = {}
     for r in rounds:
-        for role, row in (r.get("tokens") or {}).items():
-            acc = tokens.setdefault(role, {})
-            for key, value in row.items():
-                acc[key] = acc.get(key, 0) + int(value)
+        merge_tokens(tokens, r.get("tokens") or {})
     total = sum(row.get("prompt_tokens", 0) + row.get("completion_tokens", 0) for row in tokens.values())
     return {
         "critic_mode": mode,

@@ -6,13 +6,31 @@ forbids unknown fields so that a typo in a file is an error, not silently droppe
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 # Big Five traits, in the usual OCEAN order. A level is "high", "low" or a score in [0, 1].
 TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
-TraitLevel = Literal["high", "low"] | Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _trait_level(value: Any) -> str | float:
+    if value in ("high", "low"):
+        return str(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise ValueError(f"a trait level is 'high', 'low' or a score from 0 to 1, not {value!r}")
+
+
+TraitLevel = Annotated[Literal["high", "low"] | float, PlainValidator(_trait_level)]
 
 
 def _known_traits(value: dict[str, Any]) -> dict[str, Any]:
@@ -30,15 +48,15 @@ class Record(BaseModel):
 
 
 class OptionalFieldsRecord(Record):
-    """A record whose optional extension fields (`_omit_if_none`) are left out of its JSON when unset,
+    """A record whose optional extension fields (`omit_if_none`) are left out of its JSON when unset,
     so that files of runs that do not use a feature look exactly as before it existed."""
 
-    _omit_if_none: tuple[str, ...] = ()
+    omit_if_none: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in self._omit_if_none:
+        for key in self.omit_if_none:
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -63,7 +81,7 @@ class Profile(OptionalFieldsRecord):
     """A user profile: a consistent set of attributes (texts, with their attribute ids), and with
     --big-five a level for each Big Five trait (set by the user in profiles.jsonl, or sampled)."""
 
-    _omit_if_none = ("traits",)
+    omit_if_none = ("traits",)
     id: str
     attributes: list[str]
     attribute_ids: list[str] = Field(default_factory=list)
@@ -74,7 +92,7 @@ class Profile(OptionalFieldsRecord):
 class Pair(OptionalFieldsRecord):
     """Two profiles that will talk to each other."""
 
-    _omit_if_none = ("user1_traits", "user2_traits")
+    omit_if_none = ("user1_traits", "user2_traits")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -113,7 +131,7 @@ class Conversation(OptionalFieldsRecord):
     plain shape still work).
     """
 
-    _omit_if_none = ("user1_traits", "user2_traits", "language", "sessions")
+    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -146,23 +164,31 @@ EXPERTS = (
     "faithfulness",
     "toxicity",
 )
-# Experts of the optional features: Big Five trait reading, cross-session consistency.
-FEATURE_EXPERTS = ("traits", "cross_session")
+# The optional features add: traits (--big-five), language (--language), cross_session (--sessions).
 Expert = Literal[
-    "format", "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity",
-    "traits", "cross_session",
+    "format",
+    "depth",
+    "coherency",
+    "consistency",
+    "diversity",
+    "likeability",
+    "faithfulness",
+    "toxicity",
+    "traits",
+    "language",
+    "cross_session",
 ]
 
 
 class Verdict(OptionalFieldsRecord):
     """One expert's decision about one candidate conversation.
 
-    decision is e.g. "pass"/"reject" (format, faithfulness, toxicity, traits, cross_session) or
+    decision is e.g. "pass"/"reject" (format, faithfulness, toxicity, traits, language, cross_session) or
     "win"/"lose"/"tie" against `opponent_id` (quality experts, pairwise), or "rank=<n>" (listwise).
     `reading` is what the traits expert read: {"user1": {trait: level}, "user2": {...}, "agreement": x}.
     """
 
-    _omit_if_none = ("reading",)
+    omit_if_none = ("reading",)
 
     conversation_id: str
     expert: Expert

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -78,3 +78,12 @@ class Stats:
                 "failures": dict(self.failures),
                 **self.extra,
             }
+
+
+def merge_tokens(into: dict[str, dict[str, int]], rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Add per-role token counts ({role: {"calls", "prompt_tokens", "completion_tokens"}}) into `into`."""
+    for role, row in rows.items():
+        acc = into.setdefault(role, {})
+        for key, value in row.items():
+            acc[key] = acc.get(key, 0) + int(value)
+    return into

@@ -234,10 +234,39 @@ def primary_subtag(code: str) -> str:
     return code.strip().split("-")[0].lower()
 
 
+def is_english(code: str | None) -> bool:
+    """No tag (the paper's setting) or an English one: prompts stay as written, nothing is translated."""
+    return code is None or primary_subtag(code) == "en"
+
+
+# Script and region subtags a prompt should spell out ("zh-Hant" must ask for traditional characters).
+_SCRIPT_NAMES = {"Hant": "traditional characters", "Hans": "simplified characters", "Latn": "Latin script",
+                 "Cyrl": "Cyrillic script", "Arab": "Arabic script", "Deva": "Devanagari script"}
+_REGION_NAMES = {"BR": "Brazil", "PT": "Portugal", "US": "United States", "GB": "United Kingdom", "CA": "Canada",
+                 "AU": "Australia", "IN": "India", "MX": "Mexico", "ES": "Spain", "AR": "Argentina", "FR": "France",
+                 "BE": "Belgium", "CH": "Switzerland", "AT": "Austria", "DE": "Germany", "TW": "Taiwan",
+                 "HK": "Hong Kong", "CN": "mainland China", "SG": "Singapore"}
+
+
+def prompt_language(code: str | None) -> str | None:
+    """The language's name for prompts; None for English, whose prompts stay as the paper's."""
+    return None if code is None or is_english(code) else language_name(code)
+
+
 def language_name(code: str) -> str:
-    """English name of the tag's language ("fr-CA" -> "French"), or a phrase naming the code."""
+    """English name of the tag's language, with its script and region when the tag has them ("fr" ->
+    "French", "pt-BR" -> "Portuguese (Brazil)", "zh-Hant" -> "Chinese (traditional characters)"), or a
+    phrase naming the code."""
     lang = LANGUAGES.get(primary_subtag(code))
-    return lang.name if lang is not None else f"the language with code {code}"
+    if lang is None:
+        return f"the language with code {code}"
+    details = []
+    for part in code.split("-")[1:]:
+        if len(part) == 4 and part.isalpha():
+            details.append(_SCRIPT_NAMES.get(part.title(), f"{part.title()} script"))
+        elif len(part) == 2 and part.isalpha():
+            details.append(_REGION_NAMES.get(part.upper(), f"region {part.upper()}"))
+    return f"{lang.name} ({', '.join(details)})" if details else lang.name
 
 
 def language_share(utterances: list[str], code: str) -> dict[str, Any]:

@@ -40,15 +40,15 @@ def resolve(key: str, own: Traits | None, cfg: BigFiveConfig, seed: int) -> Trai
 
 
 def assign_to_profiles(profiles: list[Profile], cfg: BigFiveConfig, seed: int) -> list[Profile]:
-    if not cfg.enabled:
+    if not cfg.active:
         return profiles
     return [p.model_copy(update={"traits": resolve(p.id, p.traits, cfg, seed)}) for p in profiles]
 
 
 def assign_to_pair(pair: Pair, cfg: BigFiveConfig, seed: int, profiles: dict[str, Profile] | None = None) -> Pair:
-    """The pair with both speakers' levels: the pair's own, else its profiles', else sampled (when
-    --big-five is on). Without --big-five a pair keeps whatever levels it already carries."""
-    if not cfg.enabled:
+    """The pair with both speakers' levels, per trait: the pair's own, else its profile's, else
+    big_five.levels, else sampled. Without --big-five a pair keeps whatever levels it already carries."""
+    if not cfg.active:
         return pair
     profiles = profiles or {}
     update: dict[str, Any] = {}
@@ -57,7 +57,8 @@ def assign_to_pair(pair: Pair, cfg: BigFiveConfig, seed: int, profiles: dict[str
         ("user2", pair.user2_profile_id, pair.user2_traits),
     ):
         profile = profiles.get(profile_id) if profile_id else None
-        base = own if own is not None else (profile.traits if profile is not None else None)
+        inherited = profile.traits if profile is not None and profile.traits else {}
+        base = {**inherited, **(own or {})}
         update[f"{side}_traits"] = resolve(profile_id or f"{pair.id}/{side}", base, cfg, seed)
     return pair.model_copy(update=update)
 

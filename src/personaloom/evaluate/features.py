@@ -126,7 +126,7 @@ async def sessions(
         for conv, i in (x for x in later if x[0].id in judged_ids):
             ss = conv.sessions or []
             probe = conv.model_copy(update={"id": f"{conv.id}-s{ss[i].index}", "turns": ss[i].turns})
-            req = experts.build_cross_session_request(probe, ss[:i], ss[i].gap or "", GREEDY, seed)
+            req = experts.build_cross_session_request(probe, ss[:i], ss[i].gap or "", GREEDY, seed, memory=ss[i].memory)
             req.metadata["stage"] = "evaluate.cross_session"
             requests.append((probe, req))
         results = await judge.complete([r for _, r in requests]) if requests else []

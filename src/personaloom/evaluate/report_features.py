@@ -75,7 +75,9 @@ def languages_section(m: dict[str, Any] | None) -> str:
         '<p class="note">Conversations by their <code>language</code> field, and the share of utterances and '
         "persona attributes identified as written in it (by script, then frequent function words and "
         "distinctive letters; lines it cannot tell are left out of the rate). Distinct-n above uses "
-        "Unicode word tokens (one token per Han/kana character).</p>"
+        "Unicode word tokens (one token per Han/kana character). Persona coverage uses the configured "
+        "embedding model: the default all-MiniLM-L6-v2 is English-only, so read coverage in other "
+        "languages with care.</p>"
         + table(["language", "conversations", "utterances in it", "utterances unclear", "attributes in it",
                  "utterances identified as"], rows)
     )

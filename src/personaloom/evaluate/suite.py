@@ -127,10 +127,11 @@ async def evaluate(
 
     notes: dict[str, str] = {}
     metrics["turing"] = metrics["faithfulness"] = metrics["toxicity"] = None
+    judged: list[Conversation] | None = None  # what the judge reads (the features' judges too)
     if judge is None:
         notes = {k: "not run: no judge (--judge none)" for k in ("turing", "faithfulness", "toxicity")}
     else:
-        sample = judge_sample(convs, limit, seed)
+        sample = judged = judge_sample(convs, limit, seed)
         judge_dir = out / "judge"
         if ref:
             turing, t_items = await run_turing(sample, ref, judge, seed)
@@ -153,7 +154,6 @@ async def evaluate(
             _write_jsonl(judge_dir / "toxicity.jsonl", (v.model_dump(mode="json") for v in verdicts))
             t = lap("toxicity", t)
         metrics["judged_conversations"] = len(sample)
-    judged = judge_sample(convs, limit, seed) if judge is not None else None
     metrics["big_five"], trait_verdicts = await features.big_five(convs, judge, seed, judged)
     metrics["languages"] = features.languages(convs)
     metrics["sessions"], session_verdicts = await features.sessions(convs, judge, seed, judged)

@@ -20,6 +20,7 @@ from personaloom.dialogue import DEFECT_KINDS
 from personaloom.fsutil import atomic_write_text
 from personaloom.prompts import render
 from personaloom.records import Conversation
+from personaloom.text import primary_subtag
 
 DEFAULT_LICENCE = "cc-by-4.0"
 
@@ -61,6 +62,8 @@ def dataset_card(
         title=" ".join(title.split()) or "personaloom dataset",
         licence=licence,
         size_category=_size_category(counts["conversations"]),
+        # ISO 639 codes of the conversations (English unless --language said otherwise).
+        languages=sorted({primary_subtag(c.language) if c.language else "en" for c in conversations}) or ["en"],
         counts=counts,
         sources=list(sources),
         config=config,

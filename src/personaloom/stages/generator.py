@@ -30,7 +30,7 @@ from personaloom.dialogue import (
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Session, Turn
 from personaloom.stages.critic.format_expert import has_slot, is_near_duplicate, word_set
-from personaloom.text import language_name, words
+from personaloom.text import prompt_language, words
 from personaloom.traits import levels
 
 STAGE = "generate"
@@ -56,13 +56,6 @@ def candidate_id(pair: Pair, iteration: int, index: int, session: SessionContext
     return f"{pair.id}-i{iteration}-c{index}"
 
 
-def prompt_language(language: str | None) -> str | None:
-    """The language's name for prompts; None for English, whose prompts stay as the paper's."""
-    if language is None or language.split("-")[0].lower() == "en":
-        return None
-    return language_name(language)
-
-
 def draw_examples(pair: Pair, examples: list[Conversation], k: int, seed: int, iteration: int) -> list[Conversation]:
     """min(k, len(pool)) examples, chosen by (seed, iteration, pair) only, whatever the pool's order."""
     pool = sorted(examples, key=lambda c: c.id)
@@ -73,7 +66,9 @@ def draw_examples(pair: Pair, examples: list[Conversation], k: int, seed: int, i
 
 
 def _example_dialogue(conv: Conversation, max_turns: int | None) -> str:
-    turns = conv.turns if max_turns is None else conv.turns[:max_turns]
+    # A multi-session example shows its first session: examples sit under a first-meeting prompt.
+    turns = conv.sessions[0].turns if conv.sessions else conv.turns
+    turns = turns if max_turns is None else turns[:max_turns]
     # Pool text is already parsed, but a turn holding a newline would forge an extra prompt line.
     return render_dialogue([Turn(speaker=t.speaker, text=normalise(t.text)) for t in turns])
 
@@ -118,6 +113,7 @@ def build_messages(
             "generator_inline.j2",
             min_utterances=cfg.min_utterances,
             language=None,
+            met_before=False,
             examples=examples,
             user1=pair.user1_persona,
             user2=pair.user2_persona,
@@ -125,7 +121,7 @@ def build_messages(
         return [Message(role="user", content=content)]
     # "turns" (also for the optional features, whose instructions live in the pair message): each
     # example is a finished exchange, so a small model imitates the answer's shape.
-    system = render("generator.j2", min_utterances=cfg.min_utterances, language=lang)
+    system = render("generator.j2", min_utterances=cfg.min_utterances, language=lang, met_before=session is not None)
     messages = [Message(role="system", content=system)]
     for ex in shots:
         content = _pair_message(ex.user1_persona, ex.user2_persona, (ex.user1_traits, ex.user2_traits))

@@ -17,17 +17,14 @@ from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Messag
 from personaloom.config import RunConfig
 from personaloom.prompts import quoted, render
 from personaloom.records import Failure, Pair
-from personaloom.text import language_name
+from personaloom.text import LANGUAGES, is_english, language_name, primary_subtag
 
 STAGE = "localize"
 MAX_TOKENS = 64
-# "French: ...", "Translation - ..." before the sentence.
-_LABEL = re.compile(r"^\s*[\w ()-]{0,30}:\s+")
+# A label before the sentence ("French: ...", "Translation: ..."); only these words, so that a colon
+# inside the sentence itself ("Tengo dos perros: Max y Rex.") is kept.
+_LABEL = re.compile(r"^\s*(?:translation|answer|sentence|in \w+|\w+ translation)\s*:\s*", re.IGNORECASE)
 _QUOTES = "\"'«»“”„‚‘’「」『』"
-
-
-def needs_localizing(language: str | None) -> bool:
-    return language is not None and language.split("-")[0].lower() != "en"
 
 
 def build_request(text: str, language: str, config: RunConfig) -> ChatRequest:
@@ -46,14 +43,18 @@ def build_request(text: str, language: str, config: RunConfig) -> ChatRequest:
     )
 
 
-def parse_reply(original: str, result: ChatResult) -> str | None:
+def parse_reply(original: str, result: ChatResult, language: str) -> str | None:
     """The rendered sentence, or None when the reply is empty, a refusal-length essay, or an error."""
     if not result.ok:
         return None
-    line = next((ln for ln in result.text.splitlines() if ln.strip()), "")
-    line = " ".join(line.split()).strip(_QUOTES + " ")
-    if _LABEL.match(line) and len(_LABEL.sub("", line, count=1)) > 3:
-        line = _LABEL.sub("", line, count=1).strip(_QUOTES + " ")
+    # A lead-in line ("Here is the translation:") is skipped.
+    lines = [ln for ln in result.text.splitlines() if ln.strip() and not ln.rstrip().endswith(":")]
+    line = " ".join(lines[0].split()).strip(_QUOTES + " ") if lines else ""
+    name = LANGUAGES.get(primary_subtag(language))
+    labels = {n.casefold() for n in (name.name, name.native_name) if n} if name else set()
+    head, sep, rest = line.partition(":")
+    if sep and (head.strip().casefold() in labels or _LABEL.match(line)) and len(rest.strip()) > 3:
+        line = rest.strip().strip(_QUOTES + " ")
     if not line or len(line) > 3 * len(original) + 60:
         return None
     return line
@@ -64,14 +65,14 @@ async def localize_pair(
 ) -> tuple[Pair, list[Failure], list[ChatResult]]:
     """(the pair in config.language, failures, every result for token accounting)."""
     language = config.language
-    if language is None or not needs_localizing(language):
+    if language is None or is_english(language):
         return pair, [], []
     texts = list(dict.fromkeys([*pair.user1_persona, *pair.user2_persona]))
     results = await llm.complete([build_request(t, language, config) for t in texts])
     rendered: dict[str, str] = {}
     failures: list[Failure] = []
     for text, result in zip(texts, results, strict=True):
-        got = parse_reply(text, result)
+        got = parse_reply(text, result, language)
         if got is None:
             failures.append(
                 Failure(

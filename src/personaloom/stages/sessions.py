@@ -14,17 +14,24 @@ RunConfig and the iteration. Out: a `PairOutcome` over everything done for the p
 
 from __future__ import annotations
 
+import re
+
 from personaloom import rng
 from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams
 from personaloom.config import RunConfig
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Session, Turn
 from personaloom.stages.critic.pair_round import LLMFor, PairOutcome, account, generate_and_critique
-from personaloom.stages.generator import SessionContext, prompt_language
+from personaloom.stages.generator import SessionContext
 from personaloom.stages.localize import localize_pair
+from personaloom.stats import merge_tokens
+from personaloom.text import prompt_language
 
 MEMORY_STAGE = "sessions.memory"
 MEMORY_MAX_CHARS = 600
+MEMORY_SENTENCES = 4
+# A sentence: up to and including its end mark (any script's), or the unfinished rest of the text.
+_SENTENCE = re.compile(r"[^.!?。！？]+[.!?。！？]+[\"'”」]?|[^.!?。！？]+$")
 
 
 def session_gap(config: RunConfig, pair_id: str, index: int) -> str:
@@ -51,19 +58,24 @@ def build_memory_request(
 
 
 def parse_memory(result: ChatResult) -> str | None:
-    """The new memory as one line (None: unusable reply; the caller keeps the one before)."""
-    text = " ".join(result.text.split()) if result.ok else ""
-    return text[:MEMORY_MAX_CHARS] or None
+    """The new memory as one line (None: unusable reply; the caller keeps the one before).
+
+    Small models loop ("I'll take you to the mountains. I'll take you to the mountains. ..."): repeated
+    sentences are dropped and at most MEMORY_SENTENCES kept, so a loop does not become the memory."""
+    text = " ".join(result.text.split()).strip('"') if result.ok else ""
+    kept: list[str] = []
+    for sentence in _SENTENCE.findall(text):
+        sentence = sentence.strip()
+        if sentence and sentence.casefold() not in {k.casefold() for k in kept}:
+            kept.append(sentence)
+    return " ".join(kept[:MEMORY_SENTENCES])[:MEMORY_MAX_CHARS] or None
 
 
 def _merge(total: PairOutcome, part: PairOutcome) -> None:
     total.candidates.extend(part.candidates)
     total.verdicts.extend(part.verdicts)
     total.failures.extend(part.failures)
-    for role, row in part.tokens.items():
-        acc = total.tokens.setdefault(role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
-        for key, value in row.items():
-            acc[key] = acc.get(key, 0) + value
+    merge_tokens(total.tokens, part.tokens)
 
 
 async def converse(
@@ -109,8 +121,10 @@ async def converse(
         sessions.append(Session(index=index, gap=gap, memory=dict(memory), turns=last.turns))
         summaries.append(last.critic or part.summary)
     total.summary = {**summaries[-1], "sessions": summaries, "tokens": total.tokens}
+    # The id stays session 1's winner's; turns, raw and defects are the last session's.
     total.selected = kept.model_copy(
-        update={"turns": last.turns, "raw": last.raw, "sessions": sessions, "critic": total.summary}
+        update={"turns": last.turns, "raw": last.raw, "defects": last.defects, "sessions": sessions,
+                "critic": total.summary}
     )
     return total
 

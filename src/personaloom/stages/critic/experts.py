@@ -26,6 +26,7 @@ from personaloom.backends.base import ChatRequest, ChatResult, Message, Sampling
 from personaloom.config import SamplingConfig
 from personaloom.prompts import render
 from personaloom.records import TRAITS, Conversation, Expert, Session, Verdict
+from personaloom.text import prompt_language
 from personaloom.traits import agreement, agreement_rate, levels
 
 QUALITY_EXPERTS: tuple[Expert, ...] = ("depth", "coherency", "consistency", "diversity", "likeability")
@@ -259,16 +260,10 @@ def parse_listwise(expert: Expert, convs: list[Conversation], result: ChatResult
 # ---- faithfulness ----------------------------------------------------------------------------
 
 
-def _language(conv: Conversation) -> str | None:
-    from personaloom.stages.generator import prompt_language
-
-    return prompt_language(conv.language)
-
-
 def build_faithfulness_request(
     conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
-    system = render("critic_faithfulness.j2", language=_language(conv))
+    system = render("critic_faithfulness.j2", language=prompt_language(conv.language))
     user = render("critic_faithfulness_user.j2", user1=conv.user1_persona, user2=conv.user2_persona, turns=conv.turns)
     params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("faithfulness"), conv.id))
     return _request(system, user, FAITHFULNESS_SCHEMA, params, "faithfulness", conv.id)
@@ -291,7 +286,7 @@ def build_toxicity_request(
     conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
     """Is `conv` toxic? Also used by the evaluation suite (toxicity rate)."""
-    system = render("critic_toxicity.j2", language=_language(conv))
+    system = render("critic_toxicity.j2", language=prompt_language(conv.language))
     user = render("critic_toxicity_user.j2", turns=conv.turns)
     params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("toxicity"), conv.id))
     return _request(system, user, TOXICITY_SCHEMA, params, "toxicity", conv.id)
@@ -330,8 +325,14 @@ def build_traits_request(
 
 def _reading(text: str, traits: list[str]) -> dict[str, dict[str, str]] | str:
     obj = _json_object(text)
-    if obj is None:
-        return "no JSON object in reply"
+    if obj is None or not ({"user1", "user2"} & set(obj)):
+        # A reply cut off inside its rationale (max_tokens) still holds complete user objects.
+        obj = {}
+        for m in re.finditer(r'"(user[12])"\s*:\s*(\{[^{}]*\})', text):
+            try:
+                obj[m.group(1)] = json.loads(m.group(2))
+            except json.JSONDecodeError:
+                continue
     reading: dict[str, dict[str, str]] = {}
     for side in ("user1", "user2"):
         given = obj.get(side)
@@ -371,13 +372,24 @@ def parse_traits(conv: Conversation, result: ChatResult, min_agreement: float = 
 # ---- cross-session consistency ----------------------------------------------------------------
 
 
+# Earlier sessions shown in full; older ones reach the judge through the speakers' memories, so the
+# prompt does not grow with the number of sessions.
+CROSS_SESSION_SHOWN = 2
+
+
 def build_cross_session_request(
-    conv: Conversation, earlier: list[Session], gap: str, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+    conv: Conversation,
+    earlier: list[Session],
+    gap: str,
+    sampling: SamplingConfig,
+    seed: int,
+    max_tokens: int = 160,
+    memory: dict[str, str] | None = None,
 ) -> ChatRequest:
     """Does `conv` (a candidate for the next session, `gap` after the last of `earlier`) contradict them?"""
     system = render("critic_cross_session.j2")
-    shown = [{"index": s.index, "gap": s.gap, "turns": s.turns} for s in earlier]
-    user = render("critic_cross_session_user.j2", earlier=shown, gap=gap, turns=conv.turns)
+    shown = [{"index": s.index, "gap": s.gap, "turns": s.turns} for s in earlier[-CROSS_SESSION_SHOWN:]]
+    user = render("critic_cross_session_user.j2", earlier=shown, gap=gap, turns=conv.turns, memory=memory or {})
     params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("cross_session"), conv.id))
     return _request(system, user, CROSS_SESSION_SCHEMA, params, "cross_session", conv.id)
 

@@ -32,8 +32,11 @@ from personaloom.stages import generator
 from personaloom.stages.critic import experts
 from personaloom.stages.critic.experts import ABSTAIN, FILTER_EXPERTS, QUALITY_EXPERTS
 from personaloom.stages.critic.format_expert import check_format
+from personaloom.stages.critic.language_expert import check_language
 from personaloom.stages.critic.vote import vote
 from personaloom.stages.generator import SessionContext
+from personaloom.stats import merge_tokens
+from personaloom.text import is_english
 
 LLMFor = Callable[[str], LLMClient]
 # A job's parser: the result of its request -> verdicts.
@@ -109,9 +112,9 @@ def filter_jobs(convs: list[Conversation], config: RunConfig, session: SessionCo
                 req = experts.build_traits_request(conv, sampling, seed, max_tokens)
                 parse = partial(experts.parse_traits, min_agreement=config.big_five.min_agreement)
                 jobs.append(_Job(expert, req, partial(_one, parse, conv)))
-            elif expert == "cross_session" and session is not None:
+            elif session is not None:  # cross_session (filter_experts keeps it for later sessions only)
                 req = experts.build_cross_session_request(
-                    conv, session.previous, session.gap, sampling, seed, max_tokens
+                    conv, session.previous, session.gap, sampling, seed, max_tokens, session.memory
                 )
                 jobs.append(_Job(expert, req, partial(_one, experts.parse_cross_session, conv)))
     return jobs
@@ -242,6 +245,12 @@ async def generate_and_critique(
     format_verdicts = [check_format(conv, config.generate.min_utterances, iteration) for conv in out.candidates]
     out.verdicts.extend(format_verdicts)
     pool = [conv for conv, v in zip(out.candidates, format_verdicts, strict=True) if v.decision == "pass"]
+    rule_experts = ["format"]
+    if config.language is not None and not is_english(config.language) and expert_config(c, "language").enabled:
+        rule_experts.append("language")
+        checked = [check_language(conv, config.language, c.language_min_share) for conv in pool]
+        out.verdicts.extend(checked)
+        pool = [conv for conv, v in zip(pool, checked, strict=True) if v.decision == "pass"]
     if c.filter_first:
         verdicts, failures = await run_jobs(filter_jobs(pool, config, session), llm_for, out.tokens, iteration)
         out.verdicts.extend(verdicts)
@@ -259,7 +268,7 @@ async def generate_and_critique(
     out.tokens.setdefault("critic", {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
     out.summary = result.summary(c.mode, weights)
     first = out.candidates[0] if out.candidates else None
-    out.summary["experts"] = ["format", *filter_experts(c, first, session), *enabled(c, QUALITY_EXPERTS)]
+    out.summary["experts"] = [*rule_experts, *filter_experts(c, first, session), *enabled(c, QUALITY_EXPERTS)]
     out.summary["tokens"] = out.tokens
     if result.winner is not None:
         winner = next(x for x in out.candidates if x.id == result.winner)
@@ -287,10 +296,7 @@ def round_stats(outcomes: list[PairOutcome]) -> dict[str, Any]:
         for f in out.failures:
             key = f"{f.stage}:{f.reason}"
             failures[key] = failures.get(key, 0) + 1
-        for role, row in out.tokens.items():
-            acc = tokens.setdefault(role, {})
-            for k, v in row.items():
-                acc[k] = acc.get(k, 0) + v
+        merge_tokens(tokens, out.tokens)
     kept = sum(o.selected is not None for o in outcomes)
     total = sum(r.get("prompt_tokens", 0) + r.get("completion_tokens", 0) for r in tokens.values())
     return {

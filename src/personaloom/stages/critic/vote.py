@@ -1,6 +1,7 @@
 """The Critic's vote: candidate ids and every expert's verdicts in, the winner and a summary out.
 
-1. Filter: a candidate is out when the format, faithfulness or toxicity expert rejects it (and, with
+1. Filter: a candidate is out when the format, faithfulness or toxicity expert (or, when their features are
+   on, the traits, language or cross-session expert) rejects it (and, with
    `reject_on_abstain`, when a faithfulness/toxicity judge abstains on it).
 2. Score the survivors with the quality experts, each worth its weight:
    pairwise verdicts: "win" against another survivor = weight, "tie" = weight / 2, "lose" = 0;
@@ -52,7 +53,7 @@ def filter_reasons(verdict: Verdict, reject_on_abstain: bool = False) -> list[st
     if verdict.expert == "format" and verdict.decision == "reject":
         codes = verdict.rationale.split(":", 1)[0]
         return [f"format:{c}" for c in codes.split(",") if c] or ["format"]
-    if verdict.expert in FILTER_EXPERTS:
+    if verdict.expert in FILTER_EXPERTS or verdict.expert == "language":
         if verdict.decision == "reject":
             return [verdict.expert]
         if verdict.decision == ABSTAIN and reject_on_abstain:
