@@ -24,17 +24,21 @@ LATER = (
     "User 1: Hello again! The dogs still talk about your bread.\nUser 2: Ha, I made rye this time.\n"
     "User 1: Did it rise well?\nUser 2: Better than the sourdough.\nUser 1: Save me some.\nUser 2: Deal."
 )
+LAST = (
+    "User 1: Hi! I finally tried baking myself.\nUser 2: How did it turn out?\nUser 1: Flat, but tasty.\n"
+    "User 2: Flat bread is still bread.\nUser 1: True. Any tips?\nUser 2: Give the dough more time."
+)
 
 
 def responder(contradicts_from: int = 99) -> FakeBackend:
     def answer(req: ChatRequest) -> str:
         rid = str(req.metadata["id"])
         if req.stage == "generate":
-            return LATER if "-s" in rid else FIRST
+            return LAST if "-s3" in rid else LATER if "-s" in rid else FIRST
         if req.stage == "sessions.memory":
             return f"User {rid[-1]} remembers dogs and sourdough."
         if req.stage == "critic.cross_session":
-            session = int(rid.split("-s")[1].split("-")[0])
+            session = int(rid.split("-s")[1].split("-")[0].split("r")[0])
             verdict = "contradictory" if session >= contradicts_from else "consistent"
             return json.dumps({"verdict": verdict, "rationale": "checked"})
         if req.stage == "critic.faithfulness":
@@ -64,9 +68,9 @@ def test_three_sessions_with_memory_and_cross_session_expert() -> None:
         "user1": "User 1 remembers dogs and sourdough.",
         "user2": "User 2 remembers dogs and sourdough.",
     }
-    assert conv.turns == conv.sessions[-1].turns and conv.turns[0].text.startswith("Hello again")
-    assert conv.raw is not None and conv.raw.startswith("User 1: Hello again") and conv.defects == []
-    assert len(conv.all_turns()) == 18
+    assert conv.turns == conv.sessions[-1].turns and conv.sessions[1].turns[0].text.startswith("Hello again")
+    assert conv.raw is not None and conv.raw.startswith("User 1: Hi! I finally") and conv.defects == []
+    assert len(conv.all_turns()) == 18 and conv.turns[0].text == "Hi! I finally tried baking myself."
     assert conv.id == "p1-i1-c0" and conv.critic is not None and len(conv.critic["sessions"]) == 3
     ids = {c.id for c in out.candidates}  # type: ignore[attr-defined]
     assert {"p1-i1-c0", "p1-i1-s2-c0", "p1-i1-s3-c2"} <= ids
@@ -89,7 +93,9 @@ def test_a_later_session_that_contradicts_is_not_kept() -> None:
     conv = out.selected  # type: ignore[attr-defined]
     assert conv is not None and conv.sessions is not None and len(conv.sessions) == 2
     failure = [f for f in out.failures if f.reason == "session_not_kept"]  # type: ignore[attr-defined]
-    assert len(failure) == 1 and "session 3" in failure[0].detail
+    assert len(failure) == 1 and "session 3" in failure[0].detail and "in 2 tries" in failure[0].detail
+    retried = {c.id for c in out.candidates if "-s3r1-" in c.id}  # type: ignore[attr-defined]
+    assert retried == {"p1-i1-s3r1-c0", "p1-i1-s3r1-c1", "p1-i1-s3r1-c2"}
 
 
 def test_cross_session_request_shows_earlier_sessions() -> None:
@@ -142,3 +148,15 @@ def test_memory_loops_are_cut() -> None:
         == "她喜欢面包。 他有两只狗。"
     )
     assert parse_memory(ChatResult(texts=["  "], usage=Usage())) is None
+
+
+def test_a_session_that_retells_an_earlier_one_is_rejected() -> None:
+    from personaloom.stages.critic.format_expert import check_format
+
+    first = Conversation(id="a", user1_persona=[], user2_persona=[], turns=[])
+    earlier = [Turn(speaker=1 + i % 2, text=line.split(": ", 1)[1]) for i, line in enumerate(FIRST.splitlines())]
+    copy = first.model_copy(update={"turns": earlier})
+    verdict = check_format(copy, 4, 1, earlier)
+    assert verdict.decision == "reject" and verdict.rationale.startswith("repeats_earlier: 6 of 6")
+    fresh = [Turn(speaker=1 + i % 2, text=line.split(": ", 1)[1]) for i, line in enumerate(LATER.splitlines())]
+    assert check_format(first.model_copy(update={"turns": fresh}), 4, 1, earlier).decision == "pass"

@@ -202,6 +202,9 @@ class SessionsConfig(Record):
         min_length=1,
     )
     memory_max_tokens: int = Field(96, ge=16)
+    # A later session none of whose candidates survives is generated again (new seeds) this many times
+    # before the conversation ends with the sessions kept so far.
+    retries: int = Field(1, ge=0)
 
 
 class RayConfig(Record):

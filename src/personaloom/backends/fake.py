@@ -103,6 +103,14 @@ _LINES = (
     "Jazz, mostly. It feels right on an old radio.", "I like that. I should try it with my records sometime.",
     "You have records too? Which ones do you play most?", "Some folk albums my parents left me.",
 )
+# A later session of --sessions (the generator is told they have talked before).
+_LINES_AGAIN = (
+    "Hey, good to hear from you again! How did the radio repair go?", "It finally plays! I listened to jazz all night.",
+    "I knew you would fix it. My tomatoes are all gone now, sadly.", "Already? Did you make that sauce you mentioned?",
+    "I did, three jars of it. I saved one for you.", "That is kind of you. I will bring a record in return.",
+    "Deal. Which album will it be?", "One of the folk ones from my parents.", "Perfect, we can play it on your radio.",
+    "Let us do that this weekend.", "Saturday works for me.", "Great, see you then!",
+)
 
 
 def _schema_instance(schema: dict[str, object], rnd: random.Random) -> object:
@@ -150,5 +158,6 @@ def demo_responder(request: ChatRequest) -> str:
     if stage == "sessions.memory":
         return f"They talked about {rnd.choice(_OBJECTS)} and {rnd.choice(_OBJECTS)}, and plan to meet again."
     start = rnd.randrange(0, 3)
-    lines = _LINES[start : start + 8 + rnd.randrange(0, 3)]
+    pool = _LINES_AGAIN if "talked before" in request.messages[0].content else _LINES
+    lines = pool[start : start + 8 + rnd.randrange(0, 3)]
     return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))

@@ -30,6 +30,7 @@ from personaloom.evaluate.turing import normalise_attribute, persona_key
 from personaloom.prompts import render
 from personaloom.records import Conversation
 from personaloom.rng import derive_seed, rng_for
+from personaloom.text import prompt_language
 
 TRUE_PER_ITEM = 4
 OTHER_PER_ITEM = 2
@@ -107,7 +108,13 @@ def make_items(convs: Sequence[Conversation], pool: Sequence[Conversation], seed
 
 def _statement_request(template: str, attribute: str, item: FaithItem, kind: str, seed: int) -> ChatRequest:
     return ChatRequest(
-        messages=[Message(role="user", content=render(template, attribute=attribute))],
+        # A distractor in another language than the true attributes would be easy to tell apart.
+        messages=[
+            Message(
+                role="user",
+                content=render(template, attribute=attribute, language=prompt_language(item.conversation.language)),
+            )
+        ],
         params=SamplingParams(max_tokens=48, seed=derive_seed(seed, "faithfulness", kind, item.key)),
         json_schema=STATEMENT_SCHEMA,
         metadata={"stage": f"evaluate.faithfulness.{kind}", "id": item.key},

@@ -71,7 +71,7 @@ async def big_five(
         requests = [experts.build_traits_request(c, GREEDY, seed) for c in judged]
         for r in requests:
             r.metadata["stage"] = "evaluate.traits"
-        results = await judge.complete(requests)
+        results = await judge.complete(requests) if requests else []
         verdicts = [experts.parse_traits(c, r) for c, r in zip(judged, results, strict=True)]
         read = [(c, v.reading) for c, v in zip(judged, verdicts, strict=True) if v.reading]
         out["judge"] = {**_agreement_table(read), "abstain": len(verdicts) - len(read)}

@@ -48,11 +48,17 @@ class SessionContext:
     gap: str
     memory: dict[str, str]
     previous: list[Session] = field(default_factory=list)
+    # 0, then 1, 2, ... for a session generated again after none of its candidates survived.
+    attempt: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"s{self.index}" + (f"r{self.attempt}" if self.attempt else "")
 
 
 def candidate_id(pair: Pair, iteration: int, index: int, session: SessionContext | None = None) -> str:
     if session is not None:
-        return f"{pair.id}-i{iteration}-s{session.index}-c{index}"
+        return f"{pair.id}-i{iteration}-{session.tag}-c{index}"
     return f"{pair.id}-i{iteration}-c{index}"
 
 
@@ -156,7 +162,7 @@ def build_requests(
             top_p=sampling.top_p,
             max_tokens=cfg.max_tokens,
             stop=list(cfg.stop),
-            seed=rng.derive_seed(seed, STAGE, iteration, pair.id, i, *([session.index] if session else [])),
+            seed=rng.derive_seed(seed, STAGE, iteration, pair.id, i, *([session.tag] if session else [])),
         )
         requests.append(
             ChatRequest(

@@ -7,9 +7,10 @@ RunConfig and the iteration. Out: a `PairOutcome` over everything done for the p
       speaker's memory of the earlier sessions is written by the model (one short summary per
       speaker, updated after every session), and the next session's candidates are generated `gap`
       later, conditioned on those memories, and critiqued with the cross-session expert too. The kept
-      conversation holds every session in `sessions`, and the last one in `turns`/`raw`. When no
-      candidate of a later session survives, the sessions kept so far are the conversation and a
-      Failure records the missing ones.
+      conversation holds every session in `sessions`, and the last one in `turns`/`raw`/`defects` (its
+      id stays session 1's winner's). A later session none of whose candidates survives is generated
+      again with new seeds (`sessions.retries` times); if it still fails, the sessions kept so far are
+      the conversation and a Failure records the missing ones.
 """
 
 from __future__ import annotations
@@ -105,14 +106,18 @@ async def converse(
     for index in range(2, config.sessions.count + 1):
         memory = await _remember(pair.id, memory, last.turns, index, llm_for, config, total)
         gap = session_gap(config, pair.id, index)
-        ctx = SessionContext(index=index, gap=gap, memory=dict(memory), previous=list(sessions))
-        part = await generate_and_critique(pair, examples, llm_for, config, iteration, ctx)
-        _merge(total, part)
+        for attempt in range(config.sessions.retries + 1):
+            ctx = SessionContext(index=index, gap=gap, memory=dict(memory), previous=list(sessions), attempt=attempt)
+            part = await generate_and_critique(pair, examples, llm_for, config, iteration, ctx)
+            _merge(total, part)
+            if part.selected is not None:
+                break
         if part.selected is None:
             total.failures.append(
                 Failure(
                     stage="sessions", item_id=pair.id, reason="session_not_kept",
-                    detail=f"no candidate of session {index} survived the critic; kept {len(sessions)} sessions",
+                    detail=f"no candidate of session {index} survived the critic in {attempt + 1} tries; "
+                    f"kept {len(sessions)} sessions",
                     iteration=iteration,
                 )
             )

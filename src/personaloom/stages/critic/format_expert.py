@@ -9,6 +9,8 @@ Reasons (codes, first in the rationale, then details):
   too_short        fewer than `min_utterances` utterances
   repetition       degenerate looping: an utterance repeated, or one utterance/the whole conversation
                    made of the same words over and over (SmolLM2-135M does this)
+  repeats_earlier  (a later session of --sessions) more than a third of its utterances repeat, or nearly
+                   repeat, utterances of the earlier sessions
 No LLM call; the same input always gives the same verdict.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 from personaloom.dialogue import has_placeholder
 from personaloom.records import Conversation, Turn, Verdict
@@ -29,6 +32,7 @@ REASONS = (
     "same_speaker",
     "too_short",
     "repetition",
+    "repeats_earlier",
 )
 # An utterance this short ("Yes.", "Me too!") may honestly come back a few times.
 _SHORT_WORDS = 3
@@ -47,6 +51,8 @@ _MAX_SAME_4GRAM = 3
 # most SmolLM2-135M replies.
 NEAR_DUPLICATE = 0.6
 _MAX_NEAR_SHARE = 0.2
+# A later session re-telling an earlier one: more than this share of its utterances are (near-)copies.
+_MAX_EARLIER_SHARE = 1 / 3
 
 
 # Slots small models write in parentheses: "I'm (User 1).", "(your name)".
@@ -121,7 +127,19 @@ def _trim_note(conv: Conversation) -> tuple[str, str] | None:
     )
 
 
-def format_problems(conv: Conversation, min_utterances: int) -> list[tuple[str, str]]:
+def repeats_earlier(turns: Sequence[Turn], earlier: Sequence[Turn]) -> str | None:
+    """A description when the session copies the earlier sessions' utterances, else None."""
+    if not turns or not earlier:
+        return None
+    keys = {" ".join(_words(t.text)) for t in earlier}
+    sets = [word_set(t.text) for t in earlier]
+    copied = sum(1 for t in turns if " ".join(_words(t.text)) in keys or is_near_duplicate(word_set(t.text), sets))
+    if copied / len(turns) > _MAX_EARLIER_SHARE:
+        return f"{copied} of {len(turns)} utterances repeat earlier sessions"
+    return None
+
+
+def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[Turn] = ()) -> list[tuple[str, str]]:
     """(reason code, detail) for every format problem of a candidate, in REASONS order.
 
     A candidate the generator trimmed and that is still rejected (too short, say) also carries the
@@ -148,6 +166,9 @@ def format_problems(conv: Conversation, min_utterances: int) -> list[tuple[str, 
         loops = repetition_problems(turns)
         if loops:
             found.append(("repetition", "; ".join(loops[:3])))
+        copied = repeats_earlier(turns, earlier)
+        if copied:
+            found.append(("repeats_earlier", copied))
     trim = _trim_note(conv)
     if found and trim is not None:
         cause, note = trim
@@ -163,9 +184,12 @@ def format_reasons(conv: Conversation, min_utterances: int) -> list[str]:
     return [code for code, _ in format_problems(conv, min_utterances) if code]
 
 
-def check_format(conv: Conversation, min_utterances: int, iteration: int | None = None) -> Verdict:
-    """Verdict(expert="format"): "pass", or "reject" with rationale "code1,code2: details"."""
-    problems = format_problems(conv, min_utterances)
+def check_format(
+    conv: Conversation, min_utterances: int, iteration: int | None = None, earlier: Sequence[Turn] = ()
+) -> Verdict:
+    """Verdict(expert="format"): "pass", or "reject" with rationale "code1,code2: details".
+    `earlier`: the utterances of the sessions before this one (--sessions)."""
+    problems = format_problems(conv, min_utterances, earlier)
     if not problems:
         decision, rationale = "pass", f"{len(conv.turns)} utterances, alternating speakers, no defects"
         trim = _trim_note(conv)

@@ -6,9 +6,10 @@ Out: a `PairOutcome` with every candidate, every verdict (format ones included),
 (LLM errors, unparseable replies), the selected conversation (its `critic` field holds the vote
 summary and token counts) and the token counts per role.
 
-With a `SessionContext` (a later session of --sessions) the candidates are that session's, and the
-cross-session expert judges them against the earlier sessions; candidates whose pair carries Big Five
-levels also go to the traits expert.
+With a `SessionContext` (a later session of --sessions) the candidates are that session's: the format
+expert also rejects copies of earlier sessions and the cross-session expert judges them against the
+earlier sessions. With --language the rule-based language expert filters after the format expert;
+candidates whose pair carries Big Five levels also go to the traits expert.
 
 The critique starts as soon as the pair's candidates exist, and all independent expert calls of the
 pair go out together (one `complete` per distinct client, gathered) so that a server stays busy.
@@ -242,7 +243,10 @@ async def generate_and_critique(
         pair, examples, llm_for("generator"), config, iteration, out.tokens, session
     )
     c = config.critic
-    format_verdicts = [check_format(conv, config.generate.min_utterances, iteration) for conv in out.candidates]
+    earlier = [t for s in session.previous for t in s.turns] if session is not None else []
+    format_verdicts = [
+        check_format(conv, config.generate.min_utterances, iteration, earlier) for conv in out.candidates
+    ]
     out.verdicts.extend(format_verdicts)
     pool = [conv for conv, v in zip(out.candidates, format_verdicts, strict=True) if v.decision == "pass"]
     rule_experts = ["format"]
