@@ -257,6 +257,19 @@ def parse_listwise(expert: Expert, convs: list[Conversation], result: ChatResult
     return verdicts
 
 
+def _pass_or_reject(
+    conv: Conversation, result: ChatResult, expert: Expert, key: str, labels: tuple[str, str]
+) -> Verdict:
+    """A pass/reject expert's verdict from a reply whose `key` holds labels[0] (pass) or labels[1]."""
+    problem = _problem(result)
+    parsed = _field(result.text, key, labels) if problem is None else problem
+    if isinstance(parsed, str):
+        return _stamp(_abstain(conv.id, expert, parsed), conv)
+    label, rationale = parsed
+    decision = "pass" if label == labels[0] else "reject"
+    return _stamp(Verdict(conversation_id=conv.id, expert=expert, decision=decision, rationale=rationale), conv)
+
+
 # ---- faithfulness ----------------------------------------------------------------------------
 
 
@@ -270,13 +283,7 @@ def build_faithfulness_request(
 
 
 def parse_faithfulness(conv: Conversation, result: ChatResult) -> Verdict:
-    problem = _problem(result)
-    parsed = _field(result.text, "verdict", ("faithful", "unfaithful")) if problem is None else problem
-    if isinstance(parsed, str):
-        return _stamp(_abstain(conv.id, "faithfulness", parsed), conv)
-    label, rationale = parsed
-    decision = "pass" if label == "faithful" else "reject"
-    return _stamp(Verdict(conversation_id=conv.id, expert="faithfulness", decision=decision, rationale=rationale), conv)
+    return _pass_or_reject(conv, result, "faithfulness", "verdict", ("faithful", "unfaithful"))
 
 
 # ---- toxicity --------------------------------------------------------------------------------
@@ -294,13 +301,7 @@ def build_toxicity_request(
 
 def parse_toxicity(conv: Conversation, result: ChatResult) -> Verdict:
     """decision "pass" (safe), "reject" (toxic) or "abstain" (no usable reply)."""
-    problem = _problem(result)
-    parsed = _field(result.text, "label", ("safe", "toxic")) if problem is None else problem
-    if isinstance(parsed, str):
-        return _stamp(_abstain(conv.id, "toxicity", parsed), conv)
-    label, rationale = parsed
-    decision = "pass" if label == "safe" else "reject"
-    return _stamp(Verdict(conversation_id=conv.id, expert="toxicity", decision=decision, rationale=rationale), conv)
+    return _pass_or_reject(conv, result, "toxicity", "label", ("safe", "toxic"))
 
 
 # ---- Big Five traits -------------------------------------------------------------------------
@@ -395,12 +396,4 @@ def build_cross_session_request(
 
 
 def parse_cross_session(conv: Conversation, result: ChatResult) -> Verdict:
-    problem = _problem(result)
-    parsed = _field(result.text, "verdict", ("consistent", "contradictory")) if problem is None else problem
-    if isinstance(parsed, str):
-        return _stamp(_abstain(conv.id, "cross_session", parsed), conv)
-    label, rationale = parsed
-    decision = "pass" if label == "consistent" else "reject"
-    return _stamp(
-        Verdict(conversation_id=conv.id, expert="cross_session", decision=decision, rationale=rationale), conv
-    )
+    return _pass_or_reject(conv, result, "cross_session", "verdict", ("consistent", "contradictory"))
