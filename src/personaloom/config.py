@@ -8,13 +8,16 @@ environment variable that holds one).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from personaloom.errors import ConfigError
-from personaloom.records import Record, Traits
+from personaloom.records import ALL_EXPERTS, Record, Traits
+
+if TYPE_CHECKING:
+    from personaloom.backends.base import SamplingParams
 
 
 class BackendConfig(Record):
@@ -43,6 +46,17 @@ class SamplingConfig(Record):
     temperature: float = 0.7
     top_k: int = 40
     top_p: float = 1.0
+
+    def params(self, max_tokens: int, seed: int, **override: Any) -> SamplingParams:
+        """One request's sampling parameters: these settings, its token cap and its derived seed
+        (`override`: e.g. the generator's own temperature and stop strings)."""
+        from personaloom.backends.base import SamplingParams  # backends import this module
+
+        values: dict[str, Any] = {
+            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "max_tokens": max_tokens,
+            "seed": seed,
+        }
+        return SamplingParams(**{**values, **override})
 
 
 class EmbedConfig(Record):
@@ -134,11 +148,9 @@ class ExpertConfig(Record):
     backend: BackendConfig | None = None
 
 
-# traits, language and cross_session judge only runs that use --big-five / --language / --sessions.
-EXPERT_NAMES = (
-    "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity", "traits",
-    "language", "cross_session",
-)
+# Every expert but the always-on format checks; traits, language and cross_session judge only runs that
+# use --big-five / --language / --sessions.
+EXPERT_NAMES = tuple(e for e in ALL_EXPERTS if e != "format")
 
 
 def _default_experts() -> dict[str, ExpertConfig]:

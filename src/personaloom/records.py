@@ -6,7 +6,7 @@ forbids unknown fields so that a typo in a file is an error, not silently droppe
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -154,30 +154,14 @@ class Conversation(OptionalFieldsRecord):
         return [t for s in self.sessions for t in s.turns]
 
 
-EXPERTS = (
-    "format",
-    "depth",
-    "coherency",
-    "consistency",
-    "diversity",
-    "likeability",
-    "faithfulness",
-    "toxicity",
-)
-# The optional features add: traits (--big-five), language (--language), cross_session (--sessions).
-Expert = Literal[
-    "format",
-    "depth",
-    "coherency",
-    "consistency",
-    "diversity",
-    "likeability",
-    "faithfulness",
-    "toxicity",
-    "traits",
-    "language",
-    "cross_session",
+# The paper's experts (DESIGN.md §3), then those of the optional features: traits (--big-five),
+# language (--language), cross_session (--sessions).
+PaperExpert = Literal[
+    "format", "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity"
 ]
+Expert = Literal[PaperExpert, "traits", "language", "cross_session"]
+EXPERTS: tuple[str, ...] = get_args(PaperExpert)
+ALL_EXPERTS: tuple[str, ...] = get_args(Expert)
 
 
 class Verdict(OptionalFieldsRecord):

@@ -274,15 +274,19 @@ def language_share(utterances: list[str], code: str) -> dict[str, Any]:
 
     "rate" is in_language / (in_language + other): utterances it cannot tell are left out; None if none.
     """
+    return share_of([identify(u) for u in utterances], code)
+
+
+def share_of(found: list[str | None], code: str) -> dict[str, Any]:
+    """`language_share` from utterances already identified (None: cannot tell)."""
     target = primary_subtag(code)
-    found = [identify(u) for u in utterances]
     k = sum(1 for f in found if f == target)
     m = sum(1 for f in found if f is not None and f != target)
     return {
         "target": code,
-        "utterances": len(utterances),
+        "utterances": len(found),
         "in_language": k,
         "other": m,
-        "unknown": len(utterances) - k - m,
+        "unknown": len(found) - k - m,
         "rate": k / (k + m) if k + m else None,
     }

@@ -19,7 +19,6 @@ picked: a good judge picks "true" often and every distractor kind rarely.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Messag
 from personaloom.evaluate.turing import normalise_attribute, persona_key
 from personaloom.prompts import render
 from personaloom.records import Conversation
+from personaloom.replies import json_object
 from personaloom.rng import derive_seed, rng_for
 from personaloom.text import prompt_language
 
@@ -135,13 +135,9 @@ def parse_statement(text: str, forbidden: set[str], prompt: str = "") -> str | N
     too long, one of `forbidden` (normalised), or copied from the prompt (small models echo its examples)."""
     stripped = text.strip()
     statement: str | None = None
-    if "{" in stripped:
-        try:
-            data = json.loads(stripped[stripped.find("{") : stripped.rfind("}") + 1])
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("statement"), str):
-            statement = data["statement"]
+    data = json_object(stripped)
+    if data is not None and isinstance(data.get("statement"), str):
+        statement = data["statement"]
     if statement is None:
         lines = [ln for ln in stripped.splitlines() if ln.strip()]
         if len(lines) != 1 or "{" in lines[0]:
@@ -193,13 +189,9 @@ def parse_picks(text: str, n: int) -> list[int] | None:
     """0-based indices of the picked candidates (1..n in the reply), or None when unparseable."""
     stripped = text.strip()
     values: list[Any] | None = None
-    if "{" in stripped:
-        try:
-            data = json.loads(stripped[stripped.find("{") : stripped.rfind("}") + 1])
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("belongs"), list):
-            values = data["belongs"]
+    data = json_object(stripped)
+    if data is not None and isinstance(data.get("belongs"), list):
+        values = data["belongs"]
     if values is None:
         if "[" not in stripped and not _NUMBER.search(stripped):
             return None

@@ -23,7 +23,7 @@ from personaloom.backends.base import LLMClient
 from personaloom.evaluate.toxicity import GREEDY
 from personaloom.records import TRAITS, Conversation, Verdict
 from personaloom.stages.critic import experts
-from personaloom.text import identify, language_share, primary_subtag
+from personaloom.text import identify, language_share, primary_subtag, share_of
 from personaloom.traits import agreement, agreement_rate, level
 
 
@@ -87,12 +87,12 @@ def languages(convs: Sequence[Conversation]) -> dict[str, Any] | None:
         by_code.setdefault(str(c.language), []).append(c)
     per_language: dict[str, Any] = {}
     for code, group in sorted(by_code.items()):
-        utterances = [t.text for c in group for t in c.all_turns()]
+        found = [identify(t.text) for c in group for t in c.all_turns()]
         attributes = [a for c in group for a in [*c.user1_persona, *c.user2_persona]]
-        identified = Counter(identify(u) or "unknown" for u in utterances)
+        identified = Counter(f or "unknown" for f in found)
         per_language[code] = {
             "conversations": len(group),
-            "utterances": language_share(utterances, code),
+            "utterances": share_of(found, code),
             "attributes": language_share(attributes, code),
             "identified_as": dict(identified.most_common(6)),
         }

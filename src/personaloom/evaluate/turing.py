@@ -17,7 +17,6 @@ because Persona-Chat is lower-cased and tokenised: otherwise casing alone would 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import regex
 from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message, SamplingParams
 from personaloom.prompts import render
 from personaloom.records import Conversation
+from personaloom.replies import json_object
 from personaloom.rng import derive_seed, rng_for
 
 Choice = Literal["A", "B"]
@@ -137,11 +137,8 @@ def build_requests(pair: TuringPair, seed: int = 0, max_tokens: int = 24) -> lis
 def parse_choice(text: str) -> Choice | None:
     """'A' or 'B' from a JSON reply, or from free text that names exactly one of them."""
     stripped = text.strip()
-    try:
-        data = json.loads(stripped[stripped.find("{") : stripped.rfind("}") + 1]) if "{" in stripped else None
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
+    data = json_object(stripped)
+    if data is not None:
         value = str(data.get("machine_written", "")).strip().upper()
         if value in ("A", "B"):
             return "A" if value == "A" else "B"

@@ -26,7 +26,7 @@ def _problem(exc: ValidationError) -> str:
     if err["type"].startswith("json_"):
         return f"not valid JSON ({err['msg']})"
     loc = ".".join(str(x) for x in err["loc"])
-    msg = " ".join(str(err["msg"]).split())
+    msg = " ".join(str(err["msg"]).split()).removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, Message
 from personaloom.config import GenerateConfig, SamplingConfig
 from personaloom.dialogue import (
     DEFECT_KINDS,
@@ -156,13 +156,11 @@ def build_requests(
     temperature = sampling.temperature if cfg.temperature is None else cfg.temperature
     requests: list[ChatRequest] = []
     for i in range(cfg.candidates):
-        params = SamplingParams(
+        params = sampling.params(
+            cfg.max_tokens,
+            rng.derive_seed(seed, STAGE, iteration, pair.id, i, *([session.tag] if session else [])),
             temperature=temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            max_tokens=cfg.max_tokens,
             stop=list(cfg.stop),
-            seed=rng.derive_seed(seed, STAGE, iteration, pair.id, i, *([session.tag] if session else [])),
         )
         requests.append(
             ChatRequest(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message
 from personaloom.config import RunConfig
 from personaloom.prompts import quoted, render
 from personaloom.records import Failure, Pair
@@ -28,11 +28,7 @@ _QUOTES = "\"'«»“”„‚‘’「」『』"
 
 
 def build_request(text: str, language: str, config: RunConfig) -> ChatRequest:
-    s = config.sampling
-    params = SamplingParams(
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, max_tokens=MAX_TOKENS,
-        seed=rng.derive_seed(config.seed, STAGE, language, text),
-    )
+    params = config.sampling.params(MAX_TOKENS, rng.derive_seed(config.seed, STAGE, language, text))
     return ChatRequest(
         messages=[
             Message(role="system", content=render("localize.j2", language=language_name(language))),

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, Message
 from personaloom.config import SamplingConfig
 from personaloom.dialogue import has_placeholder
 from personaloom.embed import FloatArray, IntArray
@@ -60,13 +60,7 @@ def answer_request(
     prompt = render("persona_answer.j2", persona=list(persona), question=question)
     return ChatRequest(
         messages=[Message(role="user", content=prompt)],
-        params=SamplingParams(
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            max_tokens=max_tokens,
-            seed=rng.derive_seed(seed, ANSWER_STAGE, item),
-        ),
+        params=sampling.params(max_tokens, rng.derive_seed(seed, ANSWER_STAGE, item)),
         metadata={"stage": ANSWER_STAGE, "id": item},
     )
 

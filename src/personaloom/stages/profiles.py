@@ -22,7 +22,6 @@ dropped ("incomplete"); a later profile with the same attribute set as an earlie
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -32,12 +31,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, LLMClient, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, LLMClient, Message
 from personaloom.config import ProfilesConfig, SamplingConfig
 from personaloom.embed import Embedder
 from personaloom.errors import ConfigError
 from personaloom.prompts import render
 from personaloom.records import Attribute, Profile
+from personaloom.replies import json_object
 from personaloom.stages.persona_bootstrap import parse_answer
 from personaloom.stats import Stats
 
@@ -60,20 +60,10 @@ class ProfilesResult:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
-def _params(sampling: SamplingConfig, max_tokens: int, *seed_parts: object) -> SamplingParams:
-    return SamplingParams(
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        max_tokens=max_tokens,
-        seed=rng.derive_seed(*seed_parts),
-    )
-
-
 def negation_request(attribute: Attribute, seed: int, sampling: SamplingConfig, max_tokens: int = 32) -> ChatRequest:
     return ChatRequest(
         messages=[Message(role="user", content=render("negation.j2", statement=attribute.text))],
-        params=_params(sampling, max_tokens, seed, NEGATION_STAGE, attribute.id),
+        params=sampling.params(max_tokens, rng.derive_seed(seed, NEGATION_STAGE, attribute.id)),
         metadata={"stage": NEGATION_STAGE, "id": attribute.id},
     )
 
@@ -88,7 +78,7 @@ def nli_request(
 ) -> ChatRequest:
     return ChatRequest(
         messages=[Message(role="user", content=render("nli.j2", premise=premise, hypothesis=hypothesis))],
-        params=_params(sampling, max_tokens, seed, NLI_STAGE, item),
+        params=sampling.params(max_tokens, rng.derive_seed(seed, NLI_STAGE, item)),
         json_schema=NLI_SCHEMA,
         metadata={"stage": NLI_STAGE, "id": item},
     )
@@ -96,16 +86,11 @@ def nli_request(
 
 def parse_yes_no(text: str) -> bool | None:
     """{"answer": "yes"} -> True, "no" -> False; a bare yes/no is accepted too; otherwise None."""
-    start, end = text.find("{"), text.rfind("}")
-    if start != -1 and end > start:
-        try:
-            data = json.loads(text[start : end + 1])
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("answer"), str):
-            answer = data["answer"].strip().lower()
-            if answer in ("yes", "no"):
-                return bool(answer == "yes")
+    data = json_object(text)
+    if data is not None and isinstance(data.get("answer"), str):
+        answer = data["answer"].strip().lower()
+        if answer in ("yes", "no"):
+            return bool(answer == "yes")
     m = _YES_NO.search(text)
     return None if m is None else m.group(1).lower() == "yes"
 

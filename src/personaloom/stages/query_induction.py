@@ -30,7 +30,7 @@ import numpy.typing as npt
 from scipy import sparse
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, Message
 from personaloom.config import SamplingConfig
 from personaloom.dialogue import has_placeholder
 from personaloom.embed import FloatArray, IntArray, NeighborIndex, greedy_leaders, normalize_rows
@@ -120,16 +120,6 @@ def cluster_table(embeddings: npt.ArrayLike, labels: npt.ArrayLike) -> dict[str,
 
 
 # -- prompts ------------------------------------------------------------------------------------
-def _params(sampling: SamplingConfig, max_tokens: int, *seed_parts: object) -> SamplingParams:
-    return SamplingParams(
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        max_tokens=max_tokens,
-        seed=rng.derive_seed(*seed_parts),
-    )
-
-
 def question_request(
     attributes: Sequence[str], cluster_id: int, seed: int, sampling: SamplingConfig, max_tokens: int = 32
 ) -> ChatRequest:
@@ -137,7 +127,7 @@ def question_request(
     item = f"cluster-{cluster_id}"
     return ChatRequest(
         messages=[Message(role="user", content=render("query_induction.j2", attributes=list(attributes)))],
-        params=_params(sampling, max_tokens, seed, QUESTION_STAGE, item),
+        params=sampling.params(max_tokens, rng.derive_seed(seed, QUESTION_STAGE, item)),
         metadata={"stage": QUESTION_STAGE, "id": item},
     )
 
@@ -150,7 +140,7 @@ def bootstrap_request(
     prompt = render("query_bootstrap.j2", questions=list(questions), n=n_new)
     return ChatRequest(
         messages=[Message(role="user", content=prompt)],
-        params=_params(sampling, max_tokens, seed, QUESTION_STAGE, item),
+        params=sampling.params(max_tokens, rng.derive_seed(seed, QUESTION_STAGE, item)),
         metadata={"stage": QUESTION_STAGE, "id": item},
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, ChatResult, Message
 from personaloom.config import RunConfig
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Session, Turn
@@ -42,11 +42,8 @@ def session_gap(config: RunConfig, pair_id: str, index: int) -> str:
 def build_memory_request(
     pair_id: str, speaker: int, memory: str, turns: list[Turn], index: int, config: RunConfig
 ) -> ChatRequest:
-    s = config.sampling
-    params = SamplingParams(
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, max_tokens=config.sessions.memory_max_tokens,
-        seed=rng.derive_seed(config.seed, MEMORY_STAGE, pair_id, index, speaker),
-    )
+    seed = rng.derive_seed(config.seed, MEMORY_STAGE, pair_id, index, speaker)
+    params = config.sampling.params(config.sessions.memory_max_tokens, seed)
     system = render("session_memory.j2", speaker=speaker, language=prompt_language(config.language))
     return ChatRequest(
         messages=[

@@ -26,6 +26,7 @@ from personaloom.backends.base import ChatRequest, ChatResult, Message, Sampling
 from personaloom.config import SamplingConfig
 from personaloom.prompts import render
 from personaloom.records import TRAITS, Conversation, Expert, Session, Verdict
+from personaloom.replies import json_object
 from personaloom.text import prompt_language
 from personaloom.traits import agreement, agreement_rate, levels
 
@@ -82,16 +83,6 @@ def listwise_schema(n: int) -> dict[str, Any]:
     )
 
 
-def _params(sampling: SamplingConfig, max_tokens: int, seed: int) -> SamplingParams:
-    return SamplingParams(
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-    )
-
-
 def _request(
     system: str, user: str, schema: dict[str, Any], params: SamplingParams, expert: str, item_id: str
 ) -> ChatRequest:
@@ -106,18 +97,6 @@ def _request(
 # ---- reply parsing ---------------------------------------------------------------------------
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in a reply (code fences and chatter around it are tolerated)."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
 
 def _field(text: str, key: str, choices: tuple[str, ...]) -> tuple[str, str] | str:
     """(choice, rationale) from a reply, or the problem as a string.
@@ -126,7 +105,7 @@ def _field(text: str, key: str, choices: tuple[str, ...]) -> tuple[str, str] | s
     """
     if not text.strip():
         return "empty reply"
-    obj = _json_object(text)
+    obj = json_object(text)
     raw_value: Any = None
     rationale = ""
     if obj is not None:
@@ -171,7 +150,7 @@ def build_pairwise_request(
     """Ask `expert` which of A (= a) and B (= b) is better. The caller picks the order."""
     system = render(f"critic_{expert}.j2", mode="pairwise", labels=["A", "B"])
     user = render("critic_quality_user.j2", items=[{"label": "A", "turns": a.turns}, {"label": "B", "turns": b.turns}])
-    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of(expert), a.id, b.id))
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of(expert), a.id, b.id))
     return _request(system, user, PAIRWISE_SCHEMA, params, expert, f"{a.id}|{b.id}")
 
 
@@ -212,12 +191,12 @@ def build_listwise_request(
     items = [{"label": label, "turns": c.turns} for label, c in zip(labels, convs, strict=True)]
     user = render("critic_quality_user.j2", items=items)
     ids = [c.id for c in convs]
-    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of(expert), "listwise", *ids))
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of(expert), "listwise", *ids))
     return _request(system, user, listwise_schema(len(convs)), params, expert, "|".join(ids))
 
 
 def _ranking(text: str, labels: list[str]) -> tuple[list[str], str] | str:
-    obj = _json_object(text)
+    obj = json_object(text)
     raw: Any = obj.get("ranking") if obj is not None else None
     rationale = str(obj.get("rationale", "")) if obj is not None else ""
     if raw is None:
@@ -278,7 +257,7 @@ def build_faithfulness_request(
 ) -> ChatRequest:
     system = render("critic_faithfulness.j2", language=prompt_language(conv.language))
     user = render("critic_faithfulness_user.j2", user1=conv.user1_persona, user2=conv.user2_persona, turns=conv.turns)
-    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("faithfulness"), conv.id))
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("faithfulness"), conv.id))
     return _request(system, user, FAITHFULNESS_SCHEMA, params, "faithfulness", conv.id)
 
 
@@ -295,7 +274,7 @@ def build_toxicity_request(
     """Is `conv` toxic? Also used by the evaluation suite (toxicity rate)."""
     system = render("critic_toxicity.j2", language=prompt_language(conv.language))
     user = render("critic_toxicity_user.j2", turns=conv.turns)
-    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("toxicity"), conv.id))
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("toxicity"), conv.id))
     return _request(system, user, TOXICITY_SCHEMA, params, "toxicity", conv.id)
 
 
@@ -320,12 +299,12 @@ def build_traits_request(
     traits = judged_traits(conv)
     system = render("critic_traits.j2", traits=traits)
     user = render("critic_traits_user.j2", turns=conv.turns)
-    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("traits"), conv.id))
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("traits"), conv.id))
     return _request(system, user, traits_schema(traits), params, "traits", conv.id)
 
 
 def _reading(text: str, traits: list[str]) -> dict[str, dict[str, str]] | str:
-    obj = _json_object(text)
+    obj = json_object(text)
     if obj is None or not ({"user1", "user2"} & set(obj)):
         # A reply cut off inside its rationale (max_tokens) still holds complete user objects.
         obj = {}
@@ -355,7 +334,7 @@ def parse_traits(conv: Conversation, result: ChatResult, min_agreement: float = 
     rate = agreement_rate(per_trait)
     matches = sum(m for m, _ in per_trait.values())
     judged = sum(n for _, n in per_trait.values())
-    obj = _json_object(result.text) or {}
+    obj = json_object(result.text) or {}
     rationale = " ".join(str(obj.get("rationale", "")).split())[:400]
     decision = "pass" if rate is not None and rate >= min_agreement else "reject"
     return _stamp(
@@ -391,7 +370,7 @@ def build_cross_session_request(
     system = render("critic_cross_session.j2")
     shown = [{"index": s.index, "gap": s.gap, "turns": s.turns} for s in earlier[-CROSS_SESSION_SHOWN:]]
     user = render("critic_cross_session_user.j2", earlier=shown, gap=gap, turns=conv.turns, memory=memory or {})
-    params = _params(sampling, max_tokens, rng.derive_seed(seed, stage_of("cross_session"), conv.id))
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("cross_session"), conv.id))
     return _request(system, user, CROSS_SESSION_SCHEMA, params, "cross_session", conv.id)
 
 
