@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade "pip>=25.1"
 	# A pinned torch first: the CPU build; an unpinned one would pull a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
+	# llama.cpp built portably (no CPU-specific kernels), once, into .wheels/ (tools/llama_wheel.py says why).
+	$(PIP) install --quiet --no-index --no-deps "$$($(PY) tools/llama_wheel.py)"
 	$(PIP) install --quiet -e ".[server]" --group dev
 	touch $@
 

@@ -89,7 +89,7 @@ class RealisticBackend(Backend):
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         results = []
         for r in requests:
-            texts = [self.reply(r, i) for i in range(max(1, r.params.n))]
+            texts = [self.reply(r, 0)]
             prompt = sum(self.count(m.content) + PER_MESSAGE for m in r.messages) + PER_REPLY
             completion = sum(self.count(t) + 1 for t in texts)  # + the end-of-turn token
             results.append(ChatResult(texts=texts, usage=Usage(prompt_tokens=prompt, completion_tokens=completion),

@@ -50,6 +50,8 @@ GOALS: dict[str, list[Goal]] = {
     "critic_cost": [Goal("P-4 critic cost: listwise / pairwise tokens per kept conv", "ratio", None)],
     "persona_scale": [Goal("Persona stages at 100k attributes: total seconds", "seconds", None),
                       Goal("Persona stages at 100k attributes: peak RSS (MB)", "peak_mb", "<=", 4096)],
+    "persona_stream": [Goal("Persona collection: sample 200 of 1M lines, seconds", "seconds", None),
+                       Goal("Persona collection: peak RSS (MB), file 110 MB", "peak_mb", "<=", 100)],
 }
 
 

@@ -28,6 +28,7 @@ _STAGE_BY_OPENING = (
     ("One person said these things", "expand.queries"),
     ("Questions to ask a person", "expand.queries"),
     ("You are a person who says", "expand.bootstrap"),
+    ("Here is a description of a person", "expand.describe"),
     ("Write the opposite of this statement", "profiles.negation"),
 )
 

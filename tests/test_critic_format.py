@@ -40,7 +40,10 @@ def test_clean_conversation_passes() -> None:
     [
         (GOOD.replace("Hi!", "Hi [User 2's name]!"), "placeholders"),
         (GOOD.replace("Was it", "Congrats, {country} is proud. Was it"), "placeholders"),
-        (GOOD.replace("\nUser 2: My third", "\n[Later]\nUser 2: My third"), "unprefixed"),
+        (GOOD.replace("\nUser 2: My third", "\n[Later]\nUser 2: My third"), "stage_directions"),
+        (GOOD.replace("\nUser 2: My third", "\n* * *\nUser 2: My third"), "unprefixed"),
+        (GOOD.replace("Hi!", "Hi (user 2's name)!"), "placeholders"),
+        (GOOD.replace("Hi!", "Hi, I live in (city)!"), "placeholders"),
         (GOOD.replace("User 2: Great", "User 1: Great"), "same_speaker"),
         ("\n".join(GOOD.splitlines()[:4]), "too_short"),
         (GOOD + "\nUser 1:\nUser 2: Bye.", "empty_utterance"),

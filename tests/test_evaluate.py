@@ -64,7 +64,9 @@ def test_defect_counts_from_raw_and_turns() -> None:
         "blank_lines": 1,
         "unprefixed": 1,
         "placeholders": 1,
+        "stage_directions": 0,
         "same_speaker": 1,
+        "nonstandard_labels": 0,
         "any": 4,
     }
 

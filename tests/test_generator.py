@@ -135,7 +135,8 @@ def test_parse_variants_and_normalisation() -> None:
         (2, "I baked bread today."),
     ]
     assert conv.id == "p7-i1-c0" and conv.pair_id == "p7" and conv.iteration == 1
-    assert conv.defects == []
+    # Every label form parses; which ones the reply used is recorded (its turns are canonical).
+    assert conv.defects == ["nonstandard_labels"] and conv.label_forms == ["emphasis", "variant"]
     # The canonical raw text carries none of DESIGN.md §3's defects.
     assert parse_dialogue(conv.raw or "").defects == []
     assert conv.user1_persona == PAIR.user1_persona

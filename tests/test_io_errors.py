@@ -34,7 +34,6 @@ CASES: dict[str, tuple[str, bytes, int | None, str]] = {
         3,
         "persona lines with no dialogue",
     ),
-    "dialogue no persona": ("d.txt", b"1 your persona: i ski.\n2 hi\tyo\n1 hello\thi\n2 bye\tbye\n", 3, "no persona"),
     "persona after dialogue": (
         "a.txt",
         b"1 your persona: i ski.\n2 hi\tyo\n3 your persona: late.\n",

@@ -32,8 +32,8 @@ def test_spc_real(spc_path: Path) -> None:
     convs = read_conversations(spc_path)
     assert detect_format(spc_path) == "spc-csv"
     assert len(convs) == 1000
-    assert sum(1 for c in convs if c.defects) == 367
-    assert sum(1 for c in convs if "placeholders" in c.defects) == 329
+    assert sum(1 for c in convs if c.defects) == 442 and all(c.turns for c in convs)
+    assert sum(1 for c in convs if "placeholders" in c.defects) == 405
     assert all(c.raw is not None for c in convs)
     assert all(c.user1_persona and c.user2_persona for c in convs)
     assert convs[0].turns[0] == Turn(speaker=1, text="Hi!")

@@ -37,10 +37,10 @@ def backend_for(server: LoopbackServer, **overrides: Any) -> OpenAIBackend:
     return backend
 
 
-def req(text: str, *, seed: int | None = 1, n: int = 1, schema: dict[str, Any] | None = None) -> ChatRequest:
+def req(text: str, *, seed: int | None = 1, schema: dict[str, Any] | None = None) -> ChatRequest:
     return ChatRequest(
         messages=[Message(role="user", content=text)],
-        params=SamplingParams(seed=seed, n=n, max_tokens=32),
+        params=SamplingParams(seed=seed, max_tokens=32),
         json_schema=schema,
         metadata={"stage": "test"},
     )
@@ -52,12 +52,12 @@ def one(backend: OpenAIBackend, request: ChatRequest) -> ChatResult:
 
 def test_plain_request_carries_sampling_params() -> None:
     with LoopbackServer(keep_bodies=True) as server:
-        result = one(backend_for(server), req("hello there", n=3))
-        assert result.ok and len(result.texts) == 3 and result.text == "hello there"
+        result = one(backend_for(server), req("hello there"))
+        assert result.ok and len(result.texts) == 1 and result.text == "hello there"
         assert result.usage.prompt_tokens == 2 and result.usage.completion_tokens > 0
         assert result.finish_reason == "stop" and result.retries == 0
         body = server.bodies[0]
-        assert body["top_k"] == 40 and body["seed"] == 1 and body["n"] == 3 and body["temperature"] == 0.7
+        assert body["top_k"] == 40 and body["seed"] == 1 and "n" not in body and body["temperature"] == 0.7
         assert body["max_tokens"] == 32
 
 

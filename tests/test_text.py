@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from personaloom.dialogue import has_placeholder, parse_dialogue, split_prefix
+from personaloom.dialogue import has_slot, parse_dialogue, split_prefix
 from personaloom.errors import ConfigError
 from personaloom.evaluate.metrics import deterministic_metrics, distinct_n, tokens, utterance_tokens
 from personaloom.records import Conversation
@@ -82,7 +82,7 @@ def test_full_width_prefixes() -> None:
     assert split_prefix("**User 2：** 안녕하세요") == (2, "안녕하세요")
     # The full-width colon is a clean line; a full-width digit parses but is not how we render a prefix.
     assert parse_dialogue("User 1：你好\nUser 2：你好！").defects == []
-    assert parse_dialogue("User １：你好\nUser ２：你好！").defects == ["unprefixed"]
+    assert parse_dialogue("User １：你好\nUser ２：你好！").defects == ["nonstandard_labels"]
 
 
 SLOTS = [
@@ -97,13 +97,13 @@ SLOTS = [
 
 @pytest.mark.parametrize("text", SLOTS)
 def test_placeholders_in_any_script(text: str) -> None:
-    assert has_placeholder(text)
+    assert has_slot(text)
     assert "placeholders" in parse_dialogue(f"User 1: {text}\nUser 2: ok").defects
 
 
 @pytest.mark.parametrize("text", ["Я люблю кошек [2]", "我喜欢猫。", "Un café [ ] s'il vous plaît", "a <3 b"])
 def test_no_placeholder(text: str) -> None:
-    assert not has_placeholder(text)
+    assert not has_slot(text)
 
 
 @pytest.mark.parametrize(

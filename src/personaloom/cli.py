@@ -28,7 +28,13 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML run confi
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default: ./out).")]
 SeedDataOpt = Annotated[
     str | None,
-    typer.Option("--seed-data", help="Seed conversations/personas (Persona-Chat, SPC CSV, HF JSON, JSONL)."),
+    typer.Option("--seed-data", help="Seed conversations (Persona-Chat, SPC CSV, HF JSON, JSONL) or a persona "
+                 "collection (PersonaHub/FinePersonas descriptions, Nemotron-Personas records; JSONL, CSV, Parquet)."),
+]
+SeedFormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="Force the seed data's format: parlai, hf-json, spc-csv, jsonl, persona-descriptions "
+                 "or persona-records (default: detected)."),
 ]
 BackendOpt = Annotated[
     str | None, typer.Option("--backend", help="LLM backend: embedded (default), openai or fake.")
@@ -110,6 +116,7 @@ def run(
     big_five: BigFiveOpt = None,
     language: LanguageOpt = None,
     sessions: SessionsOpt = None,
+    seed_format: SeedFormatOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -125,6 +132,7 @@ def run(
             "generate.iterations": iterations,
             "critic.mode": critic,
             "executor": executor,
+            "seed_format": seed_format,
             **_feature_flags(big_five, language, sessions),
         },
     )
@@ -147,6 +155,7 @@ def expand(
     new_attributes: Annotated[
         int | None, typer.Option("--new-attributes", help="Target number of new attributes.")
     ] = None,
+    seed_format: SeedFormatOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -155,7 +164,7 @@ def expand(
     from personaloom import pipeline
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
-                 **{"expand.new_attributes": new_attributes})
+                 **{"expand.new_attributes": new_attributes, "seed_format": seed_format})
     pipeline.run(cfg, until="expand")
 
 
@@ -310,6 +319,23 @@ def annotate(
 
 
 @app.command()
+def doctor(
+    config: ConfigOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Try each backend the configuration uses with one tiny request; one line each (exit 2 if any fails)."""
+    from personaloom.doctor import doctor as run_doctor
+
+    cfg = _flags(config, None, None, backend, model, base_url, sets, False, None)
+    code = run_doctor(cfg)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Rebuild report.html for a run directory."""
     from personaloom.evaluate.suite import build_report
@@ -335,7 +361,7 @@ _CLICK_ERRORS = _click_errors()
 def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("PERSONALOOM_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except PersonaloomError as exc:
         if debug:
             traceback.print_exc()
@@ -358,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(3)
+    if isinstance(code, int) and code:
+        sys.exit(code)  # typer.Exit(code) from a command (standalone_mode=False returns it)
 
 
 if __name__ == "__main__":

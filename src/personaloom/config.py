@@ -37,19 +37,25 @@ class BackendConfig(Record):
     reask: int = Field(2, ge=0)
     # auto: response_format json_schema, falling back to prompt + parse + re-ask if the server refuses it.
     structured_output: Literal["auto", "response_format", "prompt"] = "auto"
+    # Extra fields sent in every request body, e.g. {chat_template_kwargs: {enable_thinking: false}} for a
+    # Qwen3 under vLLM/SGLang, {reasoning_effort: none} for a thinking model under Ollama.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
     n_ctx: int = 4096
     n_threads: int | None = None
     n_batch: int = 512
 
 
 class SamplingConfig(Record):
-    temperature: float = 0.7
-    top_k: int = 40
-    top_p: float = 1.0
+    """The run's sampling (the paper's top-k 40, temperature 0.7). A field set to null is not sent: the
+    server's default applies (`top_k: null` for an endpoint that refuses top_k)."""
+
+    temperature: float | None = 0.7
+    top_k: int | None = 40
+    top_p: float | None = 1.0
 
     def params(self, max_tokens: int, seed: int, **override: Any) -> SamplingParams:
         """One request's sampling parameters: these settings, its token cap and its derived seed
-        (`override`: e.g. the generator's own temperature and stop strings)."""
+        (`override`: e.g. the generator's stop strings)."""
         from personaloom.backends.base import SamplingParams  # backends import this module
 
         values: dict[str, Any] = {
@@ -57,6 +63,11 @@ class SamplingConfig(Record):
             "seed": seed,
         }
         return SamplingParams(**{**values, **override})
+
+
+# Judges (evaluation's Turing, faithfulness and toxicity tests) decode greedily: a test, not a sample.
+GREEDY = SamplingConfig(temperature=0.0, top_k=1, top_p=1.0)
+Role = Literal["generator", "critic", "expansion", "judge"]
 
 
 class EmbedConfig(Record):
@@ -86,6 +97,11 @@ class ExpandConfig(Record):
     persona_size: int = Field(3, ge=1)
     # Answer requests sent at once (more when many attributes are still missing).
     bootstrap_batch: int = Field(32, ge=1)
+    # --seed-data with a persona collection (PersonaHub-style descriptions or Nemotron-style records): how
+    # many personas to sample from it (one streamed pass), and statements to ask per persona.
+    personas: int = Field(50, ge=1)
+    statements_per_persona: int = Field(5, ge=1)
+    describe_max_tokens: int = Field(160, ge=16)
     question_max_tokens: int = Field(32, ge=4)
     bootstrap_max_tokens: int = Field(96, ge=8)
     answer_max_tokens: int = Field(32, ge=4)
@@ -199,10 +215,6 @@ class BigFiveConfig(Record):
         """On with --big-five, or when run.yaml sets any level."""
         return self.enabled or bool(self.levels)
 
-    def assignment(self) -> tuple[Any, ...]:
-        """What decides profiles' levels (the fingerprint of the profiles and pair stages)."""
-        return (sorted(self.levels.items()), self.p_high) if self.active else ()
-
 
 class SessionsConfig(Record):
     """--sessions S: S sessions per pair, each after a stated gap, conditioned on memory summaries."""
@@ -237,6 +249,9 @@ class RunConfig(Record):
     seed: int = 0
     out: str = "out"
     seed_data: str | None = None
+    # The seed data's format (None: detected): a conversation format (parlai, hf-json, spc-csv, jsonl) or a
+    # persona collection (persona-descriptions, persona-records).
+    seed_format: str | None = None
     executor: Literal["local", "ray"] = "local"
     cache: bool = True
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -252,6 +267,28 @@ class RunConfig(Record):
     language: str | None = None
     big_five: BigFiveConfig = Field(default_factory=BigFiveConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+
+    def sampling_for(self, role: Role) -> SamplingConfig:
+        """The sampling of one role, resolved here and nowhere else. Precedence, highest first:
+        generator: generate.temperature, then the sampling section (which holds the paper's defaults,
+        or the embedded small model's generator temperature when the user set no temperature at all,
+        see `_small_model_defaults`); critic and expansion (profiles, sessions' memory, localisation
+        included): the sampling section; judge: greedy, always."""
+        if role == "judge":
+            return GREEDY
+        if role == "generator" and self.generate.temperature is not None:
+            return self.sampling.model_copy(update={"temperature": self.generate.temperature})
+        return self.sampling
+
+    @field_validator("seed_format")
+    @classmethod
+    def _seed_format(cls, value: str | None) -> str | None:
+        from personaloom.io.detect import FORMATS
+        from personaloom.io.personas import KINDS
+
+        if value is not None and value not in (*FORMATS, *KINDS):
+            raise ValueError(f"unknown seed data format {value!r}; valid: {', '.join((*FORMATS, *KINDS))}")
+        return value
 
     @field_validator("language")
     @classmethod
@@ -370,15 +407,18 @@ def _derive_sizes(data: dict[str, Any]) -> None:
 def _small_model_defaults(data: dict[str, Any]) -> None:
     """Defaults for the embedded SmolLM2-135M (not for --model or a server). It loops at the paper's
     temperature 0.7 (measured: 0 of 12 candidates pass the format expert as written, 7 of 10 at 1.0),
-    so its generator samples at 1.0 unless the user set a generator temperature. Written into
-    config.yaml like any other setting."""
+    so its generator samples at 1.0 unless the user set a temperature (generate.temperature, or
+    sampling.temperature, which then applies to every role as a user expects). Written into config.yaml
+    like any other setting."""
     backend = data.get("backend")
     kind = backend.get("kind", "embedded") if isinstance(backend, dict) else "embedded"
     model = backend.get("model") if isinstance(backend, dict) else None
     if kind != "embedded" or model is not None:
         return
+    sampling = data.get("sampling")
+    user_set = isinstance(sampling, dict) and "temperature" in sampling
     generate = data.setdefault("generate", {})
-    if isinstance(generate, dict) and "temperature" not in generate:
+    if isinstance(generate, dict) and "temperature" not in generate and not user_set:
         generate["temperature"] = 1.0
     # It cannot judge entailment either (2 of 6 hand-made cases; "yes" to nearly everything, which the
     # LLM judge then ignores), while those calls were most of a default run's time: profiles keep the

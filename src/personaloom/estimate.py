@@ -1,7 +1,9 @@
 """`personaloom run --dry-run`: expected LLM calls, tokens and cost per stage, before anything is paid.
 
 In: a resolved RunConfig (and, when the run directory already has one, its stats.json, whose measured
-tokens per call replace the built-in guesses). Out: a table on stderr and the same numbers as a dict.
+tokens per call replace the built-in guesses; a stage whose server reported no usage was not
+measured: its tokens are unknown, not 0, and the built-in guesses stand, marked as such).
+Out: a table on stderr and the same numbers as a dict.
 Call counts follow the stages' structure; counts that depend on the model (how many bootstrap answers
 are rejected, how many profile candidates are judged) use stated rates.
 """
@@ -74,13 +76,15 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
     return calls
 
 
-def _measured(out: Path) -> dict[str, tuple[float, float]]:
-    """Per-call (prompt, completion) averages from a previous invocation's stats.json, by stage prefix."""
+def _measured(out: Path) -> tuple[dict[str, tuple[float, float]], set[str]]:
+    """Per-call (prompt, completion) averages from a previous invocation's stats.json, by stage prefix,
+    and the stage prefixes whose calls reported no usage (unknown, so not measured)."""
     try:
         stages = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("stages", {})
     except (OSError, ValueError, AttributeError):
-        return {}
+        return {}, set()
     sums: dict[str, list[float]] = {}
+    unknown: set[str] = set()
     for name, row in stages.items():
         if not isinstance(row, dict):
             continue
@@ -88,28 +92,36 @@ def _measured(out: Path) -> dict[str, tuple[float, float]]:
         n = float(row.get("calls", 0)) + float(row.get("cache_hits", 0))
         if key is None or n <= 0 or not row.get("calls"):
             continue
+        if row.get("usage_unknown"):
+            unknown.add(key)
+            continue
         acc = sums.setdefault(key, [0.0, 0.0, 0.0])
         acc[0] += float(row.get("prompt_tokens", 0))
         acc[1] += float(row.get("completion_tokens", 0))
         acc[2] += float(row.get("calls", 0))
-    return {k: (v[0] / v[2], v[1] / v[2]) for k, v in sums.items() if v[2]}
+    measured = {k: (v[0] / v[2], v[1] / v[2]) for k, v in sums.items() if v[2] and k not in unknown}
+    return measured, unknown
 
 
 def estimate(
     config: RunConfig, price_in: float | None = None, price_out: float | None = None
 ) -> dict[str, Any]:
-    from personaloom.pipeline import load_seed_set
+    from personaloom.seed_data import load_seed_set
 
-    seed_attrs = len(load_seed_set(config.seed_data).attributes)
-    measured = _measured(Path(config.out))
+    seeds = load_seed_set(config.seed_data, config.seed_format, config.expand.personas, config.seed)
+    seed_attrs = len(seeds.attributes) + len(seeds.personas) * (config.expand.statements_per_persona + 1)
+    measured, unknown = _measured(Path(config.out))
     rows: dict[str, dict[str, Any]] = {}
     for stage, calls in expected_calls(config, seed_attrs).items():
         p, c = measured.get(stage, DEFAULT_TOKENS[stage])
+        source = "measured" if stage in measured else "default"
+        if stage in unknown:
+            source = "default (server reported no usage)"
         rows[stage] = {
             "calls": round(calls),
             "prompt_tokens": round(calls * p),
             "completion_tokens": round(calls * c),
-            "tokens_per_call_source": "measured" if stage in measured else "default",
+            "tokens_per_call_source": source,
         }
     total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "completion_tokens")}
     result: dict[str, Any] = {"stages": rows, "total": total}
@@ -135,5 +147,7 @@ def print_estimate(config: RunConfig, price_in: float | None = None, price_out: 
     console.print(table)
     if "cost" in result:
         console.print(f"expected cost: ${result['cost']:,.2f}")
+    if any(r["tokens_per_call_source"].startswith("default (") for r in result["stages"].values()):
+        console.print("The server reported no token usage for some stages: their tokens are the built-in guesses.")
     console.print("Cached calls are free: a resumed run pays only for what is not in cache.sqlite yet.")
     return result

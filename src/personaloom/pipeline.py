@@ -5,9 +5,13 @@ attributes.jsonl, profiles.jsonl, pairs.jsonl, iterations/<k>/..., conversations
 dataset/, README.md, stats.json, report.html).
 
 Resume: every stage writes its output file atomically and records a fingerprint of its inputs and
-settings in state.json; a re-run skips a stage whose fingerprint matches and recomputes one whose
-settings changed. Work inside an unfinished stage is not lost either: every LLM result is committed
+settings in state.json (computed from the `INPUTS` its module declares: personaloom/fingerprint.py); a
+re-run skips a stage whose fingerprint matches and recomputes one whose settings, models or prompts
+changed. Work inside an unfinished stage is not lost either: every LLM result is committed
 to the response cache when it arrives, so redoing the stage pays only for calls that were in flight.
+
+A stage none of whose LLM calls succeeded stops the run right there (BackendError, exit 2) with the
+server's own message; every failed call is also listed in the run's failures.jsonl.
 """
 
 from __future__ import annotations
@@ -27,65 +31,17 @@ from rich.console import Console
 
 from personaloom.backends.base import Backend, LLMClient
 from personaloom.config import BackendConfig, RunConfig, dump_config
-from personaloom.errors import ConfigError, InputError, OutputError
+from personaloom.errors import BackendError, ConfigError, InputError, OutputError
+from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
+from personaloom.seed_data import SeedSet, load_seed_set
 from personaloom.stats import Stats, merge_tokens
 from personaloom.text import is_english
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
 STAGES = ("expand", "profiles", "pair", "generate")
 console = Console(stderr=True, highlight=False)
-
-
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split()).strip()
-
-
-@dataclass
-class SeedSet:
-    name: str
-    attributes: list[Attribute]
-    conversations: list[Conversation]
-
-    @property
-    def pairs(self) -> list[Pair]:
-        return [
-            Pair(
-                id=f"seed-pair-{i:05d}",
-                user1_persona=c.user1_persona,
-                user2_persona=c.user2_persona,
-                source="seed",
-            )
-            for i, c in enumerate(self.conversations)
-            if c.user1_persona and c.user2_persona
-        ]
-
-
-def load_seed_set(seed_data: str | None) -> SeedSet:
-    """The shipped seed set, or attributes + example conversations taken from a user's file."""
-    if seed_data is None or seed_data == "builtin":
-        from personaloom.seeds import seed_attributes, seed_conversations
-
-        return SeedSet("builtin", seed_attributes(), seed_conversations())
-    from personaloom.io import read_conversations
-
-    conversations = read_conversations(seed_data)
-    seen: dict[str, Attribute] = {}
-    for conv in conversations:
-        for text in [*conv.user1_persona, *conv.user2_persona]:
-            key = _norm(text).lower()
-            if key and key not in seen:
-                seen[key] = Attribute(id=f"seed-{len(seen):05d}", text=_norm(text), source="seed")
-    if not seen:
-        raise InputError("no persona attributes found in the seed data", path=seed_data)
-    examples = [c for c in conversations if c.turns and not c.defects]
-    return SeedSet(Path(seed_data).name, list(seen.values()), examples)
 
 
 @dataclass
@@ -181,7 +137,8 @@ class Pipeline:
     @property
     def seed_set(self) -> SeedSet:
         if self._seed_set is None:
-            self._seed_set = load_seed_set(self.config.seed_data)
+            cfg = self.config
+            self._seed_set = load_seed_set(cfg.seed_data, cfg.seed_format, cfg.expand.personas, cfg.seed)
         return self._seed_set
 
     @property
@@ -215,9 +172,23 @@ class Pipeline:
 
         write_jsonl(self._path(name), records)
 
-    def _seed_fp(self) -> str:
+    def _seed_fp(self) -> list[Any]:
         s = self.seed_set
-        return _fingerprint(s.name, [a.text for a in s.attributes], len(s.conversations))
+        return [s.name, [a.text for a in s.attributes], len(s.conversations),
+                [(p.id, p.text, p.attributes, p.traits) for p in s.personas]]
+
+    def _calls(self, *prefixes: str) -> dict[str, tuple[int, int]]:
+        """(calls, failed calls) so far per stage-name prefix, to compare after a stage."""
+        return {p: self.stats.stage_errors(p)[:2] for p in prefixes}
+
+    def _check_alive(self, stage: str, before: dict[str, tuple[int, int]]) -> None:
+        """Stop the run when every LLM call `stage` made (per prefix, since `before`) failed: its output
+        would be empty, and the next stage would fail with a message that names no cause."""
+        for prefix, (calls_before, failed_before) in before.items():
+            calls, failed, first = self.stats.stage_errors(prefix)
+            calls, failed = calls - calls_before, failed - failed_before
+            if calls and failed == calls:
+                raise BackendError(f"{stage}: all {calls} LLM calls failed; the server said: {first}")
 
     def _mark(self, stage: str, fingerprint: str, errors_before: int) -> None:
         """Checkpoint a stage, unless some of its LLM calls failed: then the next run redoes it (its
@@ -234,8 +205,9 @@ class Pipeline:
     # -- stages --------------------------------------------------------------------------------
     async def expand(self) -> list[Attribute]:
         cfg = self.config
-        fp = _fingerprint("expand", self._seed_fp(), cfg.expand, cfg.embed, cfg.sampling, cfg.seed,
-                          cfg.backend.model_dump(exclude={"api_key_env", "concurrency", "timeout_s"}))
+        from personaloom.stages.expansion import INPUTS
+
+        fp = fingerprint(INPUTS, cfg, None, self._seed_fp())
         target = self._path("attributes.jsonl")
         if self.state.is_done("expand", fp, target, self._path("expansion.json")):
             attributes: list[Attribute] = self._read("attributes.jsonl", Attribute)
@@ -245,11 +217,13 @@ class Pipeline:
             return attributes
         from personaloom.stages.expansion import expand
 
-        errors = self.stats.llm["errors"]
+        errors, before = self.stats.llm["errors"], self._calls("expand")
         with self.stats.stage("expand") as st:
+            seeds = self.seed_set.attributes
+            if self.seed_set.personas:
+                seeds = await self._describe_personas(st)
             result = await expand(
-                self.seed_set.attributes, self.embedder, self.clients.main, cfg.expand, cfg.sampling,
-                cfg.seed, self.stats,
+                seeds, self.embedder, self.clients.main, cfg.expand, cfg.sampling, cfg.seed, self.stats,
             )
             self._write("attributes.jsonl", result.attributes)
             self._write("questions.jsonl", [Question(text=q) for q in result.questions])
@@ -257,15 +231,34 @@ class Pipeline:
             atomic_write_text(self._path("expansion.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
             st["attributes"] = len(result.attributes)
             st.update(summary)
+        self._check_alive("expand", before)
         self.stats.extra["expansion"] = result.table
         self._mark("expand", fp, errors)
         _print_table1(result.table)
         return list(result.attributes)
 
+    async def _describe_personas(self, st: dict[str, Any]) -> list[Attribute]:
+        """A persona collection's personas -> seed attributes, and personas.jsonl (one profile each)."""
+        from personaloom.stages.describe import describe_personas
+
+        cfg = self.config
+        described = await describe_personas(self.seed_set.personas, self.embedder, self.clients.main, cfg.expand,
+                                            cfg.sampling, cfg.seed)
+        self._write("personas.jsonl", described.profiles)
+        st["personas"] = len(described.profiles)
+        st["persona_rejections"] = described.rejections
+        console.print(f"personas: {len(described.profiles)} of {len(self.seed_set.personas)} sampled personas give "
+                      f"{len(described.attributes)} seed attributes")
+        if not described.attributes:
+            raise InputError("no persona gave a usable first-person statement", path=self.config.seed_data)
+        return described.attributes
+
     async def profiles(self, attributes: list[Attribute]) -> list[Profile]:
         cfg = self.config
-        fp = _fingerprint("profiles", self.state.done.get("expand"), cfg.profiles, cfg.seed,
-                          *cfg.big_five.assignment())
+        from personaloom.stages.profiles import INPUTS
+
+        fp = fingerprint(INPUTS, cfg, self.state.done.get("expand"),
+                         _files_fp(self._path("attributes.jsonl"), self._path("personas.jsonl")))
         target = self._path("profiles.jsonl")
         if self.state.is_done("profiles", fp, target):
             profiles: list[Profile] = self._read("profiles.jsonl", Profile)
@@ -273,15 +266,21 @@ class Pipeline:
             return profiles
         from personaloom.stages.profiles import build_profiles
 
-        errors = self.stats.llm["errors"]
+        errors, before = self.stats.llm["errors"], self._calls("profiles")
         with self.stats.stage("profiles") as st:
+            # A persona collection's personas are the first profiles; random ones make up the rest.
+            personas = [p.model_copy(update={"attributes": p.attributes[: cfg.profiles.size],
+                                             "attribute_ids": p.attribute_ids[: cfg.profiles.size]})
+                        for p in self._personas()][: cfg.profiles.profiles]
+            rest = cfg.profiles.model_copy(update={"profiles": cfg.profiles.profiles - len(personas)})
             result = await build_profiles(
-                attributes, self.embedder, self.clients.main, cfg.profiles, cfg.sampling, cfg.seed, self.stats
+                attributes, self.embedder, self.clients.main, rest, cfg.sampling, cfg.seed, self.stats
             )
-            result.profiles = assign_to_profiles(result.profiles, cfg.big_five, cfg.seed)
+            result.profiles = assign_to_profiles([*personas, *result.profiles], cfg.big_five, cfg.seed)
             self._write("profiles.jsonl", result.profiles)
             st["profiles"] = len(result.profiles)
             st["rejections"] = dict(result.rejections)
+        self._check_alive("profiles", before)
         self._mark("profiles", fp, errors)
         rej = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
         console.print(f"profiles: {len(result.profiles)} profiles (rejected candidates: {rej})")
@@ -289,7 +288,9 @@ class Pipeline:
 
     def pair(self, profiles: list[Profile], attributes: list[Attribute]) -> list[Pair]:
         cfg = self.config
-        fp = _fingerprint("pair", self.state.done.get("profiles"), cfg.pair, cfg.seed, *cfg.big_five.assignment())
+        from personaloom.stages.pairing import INPUTS
+
+        fp = fingerprint(INPUTS, cfg, self.state.done.get("profiles"), _files_fp(self._path("profiles.jsonl")))
         target = self._path("pairs.jsonl")
         if self.state.is_done("pair", fp, target):
             pairs: list[Pair] = self._read("pairs.jsonl", Pair)
@@ -326,11 +327,13 @@ class Pipeline:
         pool: list[Conversation] = list(self.seed_set.conversations)
         kept: list[Conversation] = []
         summaries: list[dict[str, Any]] = []
+        from personaloom.stages.sessions import INPUTS
+
         upstream = self.state.done.get("pair")
         for k, round_pairs in enumerate(rounds, start=1):
             stage = f"generate.{k}"
-            fp = _fingerprint(stage, upstream, gen, cfg.critic, cfg.sampling, cfg.seed, [p.id for p in round_pairs],
-                              [c.id for c in pool], *_feature_settings(cfg))
+            fp = fingerprint(INPUTS, cfg, upstream, k, [p.model_dump(mode="json") for p in round_pairs],
+                             [c.id for c in pool])
             folder = self.out / "iterations" / str(k)
             selected_path = folder / "selected.jsonl"
             if self.state.is_done(stage, fp, selected_path, folder / "summary.json"):
@@ -339,8 +342,9 @@ class Pipeline:
                 selected: list[Conversation] = read_jsonl(selected_path, Conversation)
                 console.print(f"[dim]iteration {k}: up to date ({len(selected)} kept)[/dim]")
             else:
-                errors = self.stats.llm["errors"]
+                errors, before = self.stats.llm["errors"], self._calls("generate", "critic")
                 selected = await self._round(k, round_pairs, pool, folder)
+                self._check_alive(f"iteration {k}", before)
                 self._mark(stage, fp, errors)
             summaries.append(_read_json(folder / "summary.json"))
             kept.extend(selected)
@@ -348,6 +352,11 @@ class Pipeline:
             upstream = fp
         self.stats.extra["dataset"] = _dataset_summary(summaries, len(kept), cfg.critic.mode)
         return kept
+
+    def _personas(self) -> list[Profile]:
+        """personas.jsonl (a persona collection's profiles), when the seed data is one."""
+        path = self._path("personas.jsonl")
+        return self._read("personas.jsonl", Profile) if self.seed_set.personas and path.exists() else []
 
     def _profiles_by_id(self) -> dict[str, Profile]:
         path = self._path("profiles.jsonl")
@@ -419,9 +428,16 @@ class Pipeline:
             )
 
     def write_stats(self, started: float) -> None:
+        """stats.json, and failures.jsonl: every LLM call of this invocation that failed, with the
+        server's words (empty when none failed)."""
+        from personaloom.io import write_jsonl
+
         data = self.stats.to_dict()
         data["wall_s"] = round(time.perf_counter() - started, 3)
         atomic_write_text(self._path("stats.json"), json.dumps(data, indent=2, sort_keys=True) + "\n")
+        failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=message)
+                  for stage, item, message in self.stats.failed_calls]
+        write_jsonl(self._path("failures.jsonl"), failed)
 
     def write_report(self) -> None:
         try:
@@ -452,17 +468,13 @@ def next_pool(
     return [*pool, *selected]
 
 
-def _feature_settings(cfg: RunConfig) -> list[Any]:
-    """The optional features' settings, only when used: a plain run keeps its fingerprints (and its
-    checkpoints) from before these features existed."""
-    used: list[Any] = []
-    if cfg.language is not None:
-        used.append(("language", cfg.language))
-    if cfg.big_five.active:
-        used.append(cfg.big_five)
-    if cfg.sessions.count > 1:
-        used.append(cfg.sessions)
-    return used
+def _files_fp(*paths: Path) -> str:
+    """Content hash of a stage's input files (a hand-edited profiles.jsonl changes what follows)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -561,9 +573,11 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
         raise
     pipe.write_stats(started)
     llm = pipe.stats.llm
+    unknown = llm["usage_unknown"]
+    unknown_note = f" (unknown for {unknown} calls: the server reported no usage)" if unknown else ""
     console.print(
         f"LLM calls {llm['calls']} (cache hits {llm['cache_hits']}), tokens {llm['prompt_tokens']} prompt + "
-        f"{llm['completion_tokens']} completion, {time.perf_counter() - started:.1f} s"
+        f"{llm['completion_tokens']} completion{unknown_note}, {time.perf_counter() - started:.1f} s"
     )
 
 

@@ -128,10 +128,11 @@ class Conversation(OptionalFieldsRecord):
     Optional (left out of the JSON when unset): `user1_traits`/`user2_traits` (Big Five levels the
     speakers were given), `language` (BCP-47 code of a natively generated conversation), `sessions`
     (every session of a multi-session conversation; `turns` then holds the last one, so readers of the
-    plain shape still work).
+    plain shape still work), `label_forms` (the speaker-label forms other than "User 1:" its source text
+    used, e.g. ["emphasis"]; its turns are canonical whatever the form).
     """
 
-    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions")
+    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions", "label_forms")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -146,6 +147,8 @@ class Conversation(OptionalFieldsRecord):
     user2_traits: Traits | None = None
     language: str | None = None
     sessions: list[Session] | None = None
+    # The non-canonical speaker-label forms its text used (dialogue.LABEL_FORMS), when it had any.
+    label_forms: list[str] | None = None
 
     def all_turns(self) -> list[Turn]:
         """Every utterance of every session (just `turns` for a one-session conversation)."""

@@ -2,13 +2,18 @@
 
 In: events from the executor (`record_call`) and the stages (`failure`, `add`, `stage` timer).
 Out: the `stats.json` shape of DESIGN.md §3:
-  {"llm": {calls, cache_hits, prompt_tokens, completion_tokens, retries, errors},
+  {"llm": {calls, cache_hits, prompt_tokens, completion_tokens, retries, errors, usage_unknown},
    "stages": {name: {wall_s, calls, cache_hits, prompt_tokens, completion_tokens, ...}},
-   "conversations": int, "failures": {reason: int}}
+   "conversations": int, "failures": {reason: int},
+   "llm_errors": [{"stage", "message", "count"}]}          (the servers' own words, per distinct message)
+`usage_unknown` counts paid calls whose server reported no token usage: their tokens are unknown, not 0.
+The first time a distinct error message is seen it is printed on stderr (one line), and every failed call
+is kept (stage, item id, message; at most MAX_FAILED_CALLS) for the run's failures.jsonl.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +23,14 @@ from typing import Any
 
 from personaloom.backends.base import ChatResult
 
-LLM_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "retries", "errors")
+LLM_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "retries", "errors", "usage_unknown")
+MAX_FAILED_CALLS = 10_000
+
+
+def first_line(message: str, limit: int = 300) -> str:
+    """A message's first non-blank line, cut to `limit` characters (for one-line reports)."""
+    line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class Stats:
@@ -29,12 +41,18 @@ class Stats:
         self.failures: Counter[str] = Counter()
         self.extra: dict[str, Any] = {}
         self.conversations = 0
+        # (stage, first line of the error) -> count, in the order first seen
+        self.errors: Counter[tuple[str, str]] = Counter()
+        self.failed_calls: list[tuple[str, str, str]] = []
+        self.echo_errors = True
 
     def _stage(self, name: str) -> dict[str, Any]:
         return self.stages.setdefault(name, {"wall_s": 0.0, **{k: 0 for k in LLM_KEYS}})
 
-    def record_call(self, stage: str, result: ChatResult) -> None:
+    def record_call(self, stage: str, result: ChatResult, item_id: str | None = None) -> None:
         """Account one request's result: a cache hit costs nothing; a miss counts as a paid call."""
+        if result.error is not None:
+            self._record_error(stage, result.error, item_id)
         with self._lock:
             st = self._stage(stage)
             if result.cached:
@@ -46,10 +64,30 @@ class Stats:
                     "completion_tokens": result.usage.completion_tokens,
                     "retries": result.retries,
                     "errors": 1 if result.error else 0,
+                    "usage_unknown": 0 if result.usage.reported or result.error else 1,
                 }
             for k, v in keys.items():
                 self.llm[k] += v
                 st[k] += v
+
+    def _record_error(self, stage: str, error: str, item_id: str | None) -> None:
+        message = first_line(error)
+        with self._lock:
+            new = (stage, message) not in self.errors
+            self.errors[(stage, message)] += 1
+            if len(self.failed_calls) < MAX_FAILED_CALLS:
+                self.failed_calls.append((stage, item_id or "", error))
+        if new and self.echo_errors:
+            print(f"personaloom: {stage}: LLM call failed: {message}", file=sys.stderr, flush=True)
+
+    def stage_errors(self, prefix: str) -> tuple[int, int, str | None]:
+        """(paid calls, failed calls, first error message) over the stages named `prefix` or `prefix.*`."""
+        with self._lock:
+            rows = [v for k, v in self.stages.items() if k == prefix or k.startswith(prefix + ".")]
+            calls = sum(int(r.get("calls", 0)) + int(r.get("cache_hits", 0)) for r in rows)
+            failed = sum(int(r.get("errors", 0)) for r in rows)
+            first = next((m for (st, m) in self.errors if st == prefix or st.startswith(prefix + ".")), None)
+        return calls, failed, first
 
     def add(self, stage: str, key: str, value: float = 1) -> None:
         with self._lock:
@@ -76,6 +114,7 @@ class Stats:
                 "stages": {k: dict(v) for k, v in self.stages.items()},
                 "conversations": self.conversations,
                 "failures": dict(self.failures),
+                "llm_errors": [{"stage": st, "message": m, "count": n} for (st, m), n in self.errors.items()],
                 **self.extra,
             }
 

@@ -26,15 +26,15 @@ class Message(Record):
 
 
 class SamplingParams(Record):
-    """The paper samples every call with top-k 40, temperature 0.7."""
+    """The paper samples every call with top-k 40, temperature 0.7. A field set to None is not sent
+    (the server's own default applies): `top_k: null` for an endpoint that rejects it."""
 
-    temperature: float = 0.7
-    top_k: int = 40
-    top_p: float = 1.0
+    temperature: float | None = 0.7
+    top_k: int | None = 40
+    top_p: float | None = 1.0
     max_tokens: int = 256
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
-    n: int = 1
 
 
 class ChatRequest(Record):
@@ -62,8 +62,12 @@ class ChatRequest(Record):
 
 
 class Usage(Record):
+    """Token counts of one call. `reported` is False when the server sent no usage block: the counts
+    are then unknown (0 here, and counted apart in stats), never a measured zero."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reported: bool = True
 
 
 class ChatResult(Record):
@@ -75,6 +79,9 @@ class ChatResult(Record):
     error: str | None = None
     cached: bool = False
     retries: int = 0
+    # What the server sent as reasoning (message.reasoning_content / message.reasoning), one per text;
+    # read by replies.normalize, which drops it: it is never an answer and never cached.
+    reasoning: list[str] | None = None
 
     @property
     def text(self) -> str:

@@ -66,7 +66,7 @@ class FakeBackend(Backend):
             if self.n_ctx is not None and prompt_tokens > self.n_ctx:
                 results.append(ChatResult(error=f"prompt of {prompt_tokens} tokens exceeds n_ctx {self.n_ctx}"))
                 continue
-            texts = [self._reply(request) for _ in range(max(1, request.params.n))]
+            texts = [self._reply(request)]
             results.append(
                 ChatResult(
                     texts=texts,
@@ -150,6 +150,8 @@ def demo_responder(request: ChatRequest) -> str:
         return "\n".join(rnd.sample(_QUESTIONS, 4))
     if stage == "expand.bootstrap":
         return f"{rnd.choice(_SUBJECTS)} {rnd.choice(_OBJECTS)}."
+    if stage == "expand.describe":
+        return "\n".join(f"{rnd.choice(_SUBJECTS)} {rnd.choice(_OBJECTS)}." for _ in range(4))
     if stage == "profiles.negation":
         return "I do not " + rnd.choice(_OBJECTS) + "."
     if stage == "localize":

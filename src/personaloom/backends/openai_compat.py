@@ -14,16 +14,25 @@ Structured output: response_format json_schema (OpenAI, vLLM, SGLang, Ollama), t
 next, and the form that worked is remembered. Replies that are not valid JSON of the schema are re-asked
 a bounded number of times.
 
+What to send is learnt from the server's behaviour, never from its host name: a 4xx whose message names
+a request field we sent (top_k, seed, stop, top_p, temperature; max_tokens, which OpenAI's reasoning
+models want as max_completion_tokens) gets the request again without it, and the backend remembers that
+for the rest of the run and says so once on stderr (`adaptations` lists what it learnt). Errors carry the
+server's own words: the HTTP status and the first line of its error message.
+
 The API key is read from os.environ[cfg.api_key_env] only, and never appears in reprs or errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
 import random
+import re
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -43,6 +52,8 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A placeholder for loopback servers that need no key (llama.cpp, vLLM without --api-key).
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
 _RETRY_STATUS = {408, 409, 425, 429}
+# Request fields a strict server may refuse and that can be left out (the server's default applies).
+_DROPPABLE = ("top_k", "seed", "stop", "top_p", "temperature", "max_tokens")
 
 
 def is_loopback(url: str) -> bool:
@@ -60,11 +71,47 @@ class _Retryable(Exception):
 
 
 class _Rejected(Exception):
-    """A 4xx answer: retrying the same request will not help."""
+    """A 4xx answer: retrying the same request will not help (unless it names a field we can drop)."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.field = field
+
+
+def server_message(exc: openai.APIStatusError) -> tuple[str, str | None]:
+    """(the server's own error message on one line, at most 300 characters; the request field it names).
+
+    Servers put it in `{"error": {"message", "param"}}` (OpenAI, vLLM, Azure), `{"error": "..."}`
+    (Ollama), `{"message": ...}` / `{"detail": ...}` (gateways, FastAPI), or plain text."""
+    body: Any = exc.body
+    param: Any = None
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            param = inner.get("param")
+            body = inner.get("message") or inner.get("detail") or inner.get("msg") or json.dumps(inner)
+        else:
+            body = inner
+    text = str(body) if body else ""
+    if not text:
+        with contextlib.suppress(Exception):
+            text = exc.response.text
+    # One line: a validation error's first line ("1 validation error:") says nothing by itself.
+    line = " ".join(text.split()) or exc.message
+    return line[:300], (str(param) if isinstance(param, str) and param else None)
+
+
+def rejected_field(message: str, param: str | None, sent: dict[str, Any]) -> str | None:
+    """The droppable field of `sent` that a 4xx message objects to, if it names one."""
+    candidates = [k for k in (*_DROPPABLE, "max_completion_tokens") if k in sent]
+    if param in candidates:
+        return param
+    lowered = message.lower()
+    for name in candidates:
+        if re.search(rf"(?<![a-z_]){re.escape(name)}(?![a-z_])", lowered):
+            return name
+    return None
 
 
 # ---------------------------------------------------------------- JSON schema checking (a small subset)
@@ -217,8 +264,10 @@ class OpenAIBackend(Backend):
             key = LOCAL_PLACEHOLDER_KEY
         self.__key = key
         self.max_concurrency = cfg.concurrency
-        # OpenAI's own API rejects top_k; every other OpenAI-compatible server takes it in the body.
-        self._send_top_k = not (urlparse(self.base_url).hostname or "").endswith("openai.com")
+        # Learnt from the server's 4xx answers (see the module docstring), for this run.
+        self._dropped: set[str] = set()
+        self._max_tokens_field = "max_tokens"
+        self.adaptations: list[str] = []
         self._mode: Mode = "prompt" if cfg.structured_output == "prompt" else "json_schema"
         self._client: openai.AsyncOpenAI | None = None
         self._sem: asyncio.Semaphore | None = None
@@ -255,21 +304,17 @@ class OpenAIBackend(Backend):
 
     def _body(self, request: ChatRequest, messages: list[Message], mode: Mode | None) -> dict[str, Any]:
         p = request.params
-        body: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": [m.model_dump() for m in messages],
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
+        body: dict[str, Any] = {"model": self.cfg.model, "messages": [m.model_dump() for m in messages]}
+        optional: dict[str, Any] = {
+            "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k, "seed": p.seed,
+            "stop": list(p.stop) or None, "max_tokens": p.max_tokens,
         }
-        if p.stop:
-            body["stop"] = list(p.stop)
-        if p.seed is not None:
-            body["seed"] = p.seed
-        if p.n > 1:
-            body["n"] = p.n
-        if self._send_top_k:
-            body["top_k"] = p.top_k
+        for name, value in optional.items():
+            if value is None or name in self._dropped:
+                continue
+            if name == "max_tokens" and self._max_tokens_field != "max_tokens":
+                name = self._max_tokens_field
+            body[name] = value
         if request.json_schema is not None and mode == "json_schema":
             body["response_format"] = {
                 "type": "json_schema",
@@ -277,15 +322,38 @@ class OpenAIBackend(Backend):
             }
         elif request.json_schema is not None and mode == "json_object":
             body["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        for key, value in self.cfg.extra_body.items():
+            body.setdefault(key, value)
         return body
 
-    async def _post(self, body: dict[str, Any]) -> tuple[list[str], list[str], Usage]:
-        """One HTTP call. Raises _Retryable / _Rejected; returns (texts, finish reasons, usage).
+    def _adapt(self, rejected: _Rejected, body: dict[str, Any]) -> bool:
+        """Learn from a 4xx that names a field we sent: leave it out from now on. True if learnt."""
+        field = rejected.field
+        learnt = field in self._dropped or (field == "max_tokens" and self._max_tokens_field != "max_tokens")
+        if field is None or field not in body or learnt:
+            return False
+        if field == "max_tokens":
+            self._max_tokens_field = "max_completion_tokens"
+            what = "max_tokens (sending max_completion_tokens instead)"
+        elif field in _DROPPABLE and field != "max_completion_tokens":
+            self._dropped.add(field)
+            what = f"{field} (leaving it out)"
+        else:
+            return False
+        note = f"{self.base_url} rejects {what}: {rejected}"
+        self.adaptations.append(note)
+        print(f"personaloom: {note}; sending every later request this way for this run", file=sys.stderr,
+              flush=True)
+        return True
+
+    async def _post(self, body: dict[str, Any]) -> tuple[list[str], list[str], Usage, list[str]]:
+        """One HTTP call. Raises _Retryable / _Rejected; returns (texts, finish reasons, usage, reasoning).
 
         Uses the client's generic `post` with the JSON body as built here (as `extra_body` would send
         it) and parses the reply itself: the typed `chat.completions.create` spends ~1.5 ms of CPU per
         call transforming parameters and building response models, which caps a 2-core machine at a
-        few hundred requests/s.
+        few hundred requests/s. `content` may be null or empty (reasoning models): replies.normalize
+        decides what that means; reasoning fields are passed on for it.
         """
         client, _ = self._ensure_client()
         try:
@@ -302,37 +370,52 @@ class OpenAIBackend(Backend):
             raise _Retryable(f"connection failed ({detail})", refused=refused) from None
         except openai.APIStatusError as exc:
             status = exc.status_code
-            message = self._scrub(str(exc))[:300]
-            if "response_format" in body and "response_format" in message:
+            said, param = server_message(exc)
+            message = self._scrub(f"HTTP {status} from {self.base_url}: {said}")
+            if "response_format" in body and "response_format" in said:
                 # Some servers (llama-cpp-python's) answer an unsupported response_format with a 500.
-                raise _Rejected(f"HTTP {status}: {message}", status) from None
+                raise _Rejected(message, status) from None
             if status in _RETRY_STATUS or status >= 500:
-                raise _Retryable(f"HTTP {status}: {message}", _retry_after(exc.response.headers)) from None
-            raise _Rejected(f"HTTP {status}: {message}", status) from None
+                raise _Retryable(message, _retry_after(exc.response.headers)) from None
+            raise _Rejected(message, status, rejected_field(said, param, body)) from None
         except (ValueError, openai.APIResponseValidationError) as exc:
             # A 200 whose body is cut short or is not JSON (json.JSONDecodeError is a ValueError).
             raise _Retryable(f"invalid response body ({type(exc).__name__})") from None
         try:
             choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
-            texts = [str(c["message"].get("content") or "") for c in choices]
+            messages = [c.get("message") or {} for c in choices]
+            texts = [str(m.get("content") or "") for m in messages]
+            reasoning = [str(m.get("reasoning_content") or m.get("reasoning") or "") for m in messages]
             finishes = [str(c.get("finish_reason") or "stop") for c in choices]
-            usage = data.get("usage") or {}
-            tokens = Usage(
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
+            usage = data.get("usage")
+            tokens = (
+                Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                      completion_tokens=int(usage.get("completion_tokens") or 0))
+                if isinstance(usage, dict) and usage.get("prompt_tokens") is not None
+                else Usage(reported=False)
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise _Retryable(f"malformed response ({type(exc).__name__})") from None
         if not texts:
             raise _Retryable("response has no choices")
-        return texts, finishes, tokens
+        return texts, finishes, tokens, reasoning
 
-    async def _post_with_retries(self, body: dict[str, Any]) -> tuple[list[str], list[str], Usage, int]:
+    async def _post_with_retries(
+        self, request: ChatRequest, messages: list[Message], mode: Mode | None
+    ) -> tuple[list[str], list[str], Usage, list[str], int]:
+        """One request, retried on transport faults; a 4xx naming a droppable field is re-sent once
+        without it (`_adapt`). Raises _Failed, _Rejected or BackendError (server unreachable)."""
         attempt = 0
         while True:
+            body = self._body(request, messages, mode)
             try:
-                texts, finishes, usage = await self._post(body)
-                return texts, finishes, usage, attempt
+                texts, finishes, usage, reasoning = await self._post(body)
+                return texts, finishes, usage, reasoning, attempt
+            except _Rejected as exc:
+                # Another request may have learnt this already: then the body is different now.
+                if exc.field is not None and (self._adapt(exc, body) or self._body(request, messages, mode) != body):
+                    continue
+                raise
             except _Retryable as exc:
                 attempt += 1
                 if attempt > self.cfg.max_retries:
@@ -370,31 +453,18 @@ class OpenAIBackend(Backend):
 
     async def _complete(self, request: ChatRequest) -> ChatResult:
         start = time.perf_counter()
-        retries = 0
         rejected: _Rejected | None = None
         for mode in self._modes(request):
             messages = self._with_prompt_schema(request) if mode == "prompt" else list(request.messages)
             try:
-                body = self._body(request, messages, mode)
-                texts, finishes, usage, tries = await self._post_with_retries(body)
+                texts, finishes, usage, reasoning, retries = await self._post_with_retries(request, messages, mode)
             except _Rejected as exc:
                 rejected = exc
                 continue  # maybe the server refuses this structured-output form: try the next one
             except _Failed as exc:
-                elapsed = time.perf_counter() - start
-                return ChatResult(error=str(exc), retries=retries + exc.retries, latency_s=elapsed)
-            retries += tries
+                return ChatResult(error=str(exc), retries=exc.retries, latency_s=time.perf_counter() - start)
             if mode is not None and mode != self._mode and _MODES.index(mode) > _MODES.index(self._mode):
                 self._mode = mode  # remember: the server rejected the stronger forms
-            if len(texts) < request.params.n:
-                # The server ignored n (llama-cpp-python's does): ask for the rest one by one.
-                try:
-                    texts, finishes, usage, extra = await self._fill_n(request, messages, mode, texts, finishes, usage)
-                except (_Failed, _Rejected) as exc:
-                    elapsed = time.perf_counter() - start
-                    spent = retries + (exc.retries if isinstance(exc, _Failed) else 0)
-                    return ChatResult(error=str(exc), retries=spent, latency_s=elapsed)
-                retries += extra
             if request.json_schema is not None:
                 texts, finishes, usage, extra = await self._ensure_structured(
                     request, messages, mode, texts, finishes, usage
@@ -402,38 +472,11 @@ class OpenAIBackend(Backend):
                 retries += extra
             finish = "length" if "length" in finishes else finishes[0]
             return ChatResult(
-                texts=texts, usage=usage, finish_reason=finish, retries=retries,
+                texts=texts, usage=usage, finish_reason=finish, retries=retries, reasoning=reasoning,
                 latency_s=time.perf_counter() - start,
             )
         assert rejected is not None
-        return ChatResult(error=str(rejected), retries=retries, latency_s=time.perf_counter() - start)
-
-    async def _fill_n(
-        self,
-        request: ChatRequest,
-        messages: list[Message],
-        mode: Mode | None,
-        texts: list[str],
-        finishes: list[str],
-        usage: Usage,
-    ) -> tuple[list[str], list[str], Usage, int]:
-        texts, finishes = list(texts), list(finishes)
-        completion_tokens, retries = usage.completion_tokens, 0
-        seed = request.params.seed
-        while len(texts) < request.params.n:
-            i = len(texts)
-            params = request.params.model_copy(
-                update={"n": 1, "seed": (seed + i) & 0x7FFFFFFF if seed is not None else None}
-            )
-            more = request.model_copy(update={"params": params})
-            new_texts, new_finishes, new_usage, tries = await self._post_with_retries(
-                self._body(more, messages, mode)
-            )
-            texts.append(new_texts[0])
-            finishes.append(new_finishes[0])
-            completion_tokens += new_usage.completion_tokens
-            retries += tries
-        return texts, finishes, Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=completion_tokens), retries
+        return ChatResult(error=str(rejected), latency_s=time.perf_counter() - start)
 
     async def _ensure_structured(
         self,
@@ -444,16 +487,18 @@ class OpenAIBackend(Backend):
         finishes: list[str],
         usage: Usage,
     ) -> tuple[list[str], list[str], Usage, int]:
-        """Normalize each text to valid JSON of the schema, re-asking (n=1) for those that are not."""
+        """Normalize each text to valid JSON of the schema, re-asking for those that are not."""
+        from personaloom.replies import split_reasoning
+
         assert request.json_schema is not None
         schema = request.json_schema
         schema_text = json.dumps(schema, ensure_ascii=False)
         extra_calls = 0
         prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         texts, finishes = list(texts), list(finishes)
-        single = request.model_copy(update={"params": request.params.model_copy(update={"n": 1})})
         for i, text in enumerate(texts):
-            good, problem = check_structured(text, schema)
+            # A reasoning model's draft JSON inside <think> is not its answer: judge what follows it.
+            good, problem = check_structured(split_reasoning(text)[1], schema)
             history = list(messages)
             for _ in range(self.cfg.reask):
                 if good is not None:
@@ -461,8 +506,8 @@ class OpenAIBackend(Backend):
                 reask = render("backend_json_reask.j2", problem=problem, schema=schema_text)
                 history += [Message(role="assistant", content=text), Message(role="user", content=reask)]
                 try:
-                    new_texts, new_finishes, new_usage, tries = await self._post_with_retries(
-                        self._body(single, history, mode)
+                    new_texts, new_finishes, new_usage, _, tries = await self._post_with_retries(
+                        request, history, mode
                     )
                 except (_Failed, _Rejected):
                     break
@@ -470,10 +515,10 @@ class OpenAIBackend(Backend):
                 prompt_tokens += new_usage.prompt_tokens
                 completion_tokens += new_usage.completion_tokens
                 text, finishes[i] = new_texts[0], new_finishes[0]
-                good, problem = check_structured(text, schema)
+                good, problem = check_structured(split_reasoning(text)[1], schema)
             # Still not valid after the re-asks: keep the raw text; the stage records a parse Failure.
             texts[i] = good if good is not None else text
-        total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, reported=usage.reported)
         return texts, finishes, total, extra_calls
 
     async def _one(self, request: ChatRequest) -> ChatResult:

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message
+from personaloom.config import GREEDY, SamplingConfig
 from personaloom.evaluate.turing import normalise_attribute, persona_key
 from personaloom.prompts import render
 from personaloom.records import Conversation
@@ -115,7 +116,7 @@ def _statement_request(template: str, attribute: str, item: FaithItem, kind: str
                 content=render(template, attribute=attribute, language=prompt_language(item.conversation.language)),
             )
         ],
-        params=SamplingParams(max_tokens=48, seed=derive_seed(seed, "faithfulness", kind, item.key)),
+        params=SamplingConfig().params(48, derive_seed(seed, "faithfulness", kind, item.key)),
         json_schema=STATEMENT_SCHEMA,
         metadata={"stage": f"evaluate.faithfulness.{kind}", "id": item.key},
     )
@@ -177,9 +178,7 @@ def judge_request(item: FaithItem, seed: int = 0, max_tokens: int = 64) -> ChatR
     )
     return ChatRequest(
         messages=[Message(role="user", content=prompt)],
-        params=SamplingParams(
-            temperature=0.0, top_k=1, max_tokens=max_tokens, seed=derive_seed(seed, "faithfulness-judge", item.key)
-        ),
+        params=GREEDY.params(max_tokens, derive_seed(seed, "faithfulness-judge", item.key)),
         json_schema=JUDGE_SCHEMA,
         metadata={"stage": "evaluate.faithfulness", "id": item.key},
     )

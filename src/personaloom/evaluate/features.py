@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from personaloom.backends.base import LLMClient
-from personaloom.evaluate.toxicity import GREEDY
+from personaloom.config import GREEDY
 from personaloom.records import TRAITS, Conversation, Verdict
 from personaloom.stages.critic import experts
 from personaloom.text import identify, language_share, primary_subtag, share_of

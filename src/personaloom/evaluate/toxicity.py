@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from personaloom.backends.base import LLMClient
-from personaloom.config import SamplingConfig
+from personaloom.config import GREEDY
 from personaloom.records import Conversation, Verdict
 from personaloom.stages.critic.experts import ABSTAIN, build_toxicity_request, parse_toxicity
-
-GREEDY = SamplingConfig(temperature=0.0, top_k=1, top_p=1.0)
 
 
 def toxicity_rate(verdicts: Sequence[Verdict]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import regex
 
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message, SamplingParams
+from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message
+from personaloom.config import GREEDY
 from personaloom.prompts import render
 from personaloom.records import Conversation
 from personaloom.replies import json_object
@@ -124,9 +125,7 @@ def build_requests(pair: TuringPair, seed: int = 0, max_tokens: int = 24) -> lis
             ChatRequest(
                 messages=[Message(role="user", content=prompt)],
                 # Greedy: a tie should mean position bias, not sampling noise.
-                params=SamplingParams(
-                    temperature=0.0, top_k=1, max_tokens=max_tokens, seed=derive_seed(seed, "turing", pair.generated.id)
-                ),
+                params=GREEDY.params(max_tokens, derive_seed(seed, "turing", pair.generated.id)),
                 json_schema=SCHEMA,
                 metadata={"stage": "evaluate.turing", "id": pair.generated.id, "order": order},
             )

@@ -37,7 +37,12 @@ from personaloom.backends import gather_all
 from personaloom.backends.base import Backend, ChatRequest, ChatResult
 from personaloom.backends.cache import ResponseCache
 from personaloom.errors import BackendError
+from personaloom.replies import normalize
 from personaloom.stats import Stats
+
+# Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
+# be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
+DEAD_AFTER = 24
 
 
 class _TokenRate(ProgressColumn):
@@ -117,6 +122,8 @@ class LLM:
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, asyncio.Future[ChatResult]] = {}
+        self._succeeded = False
+        self._failed_in_a_row = 0
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -146,20 +153,38 @@ class LLM:
                 self.in_flight -= 1
         if len(results) != 1:
             return ChatResult(error=f"backend returned {len(results)} results for one request")
-        return results[0]
+        return normalize(results[0], request)
+
+    def _account(self, request: ChatRequest, result: ChatResult) -> None:
+        """Stats, progress, and the dead-server check: every call of this invocation so far failed."""
+        self.stats.record_call(request.stage, result, request.metadata.get("id"))
+        self._progress.finished(request.stage, result)
+        if result.ok:
+            self._succeeded = True
+            self._failed_in_a_row = 0
+            return
+        self._failed_in_a_row += 1
+        if not self._succeeded and self._failed_in_a_row >= DEAD_AFTER:
+            raise BackendError(
+                f"{request.stage}: the first {self._failed_in_a_row} LLM calls to {self.backend!r} all failed; "
+                f"the last said: {result.error}"
+            )
 
     async def _one(self, request: ChatRequest) -> ChatResult:
-        stage = request.stage
         key = self._key(request) if self.cache is not None else None
         if key is not None and self.cache is not None:
             hit = self.cache.get(key)
+            if hit is not None:
+                # Read through the same normaliser: a row an older version cached (an empty or
+                # reasoning-only reply) is a miss, never an answer.
+                hit = normalize(hit, request)
+                hit = hit if hit.ok else None
             if hit is None and key in self._pending:
                 # The same request is on its way: share its answer instead of paying twice.
                 shared = await asyncio.shield(self._pending[key])
                 hit = shared.model_copy(update={"cached": True, "retries": 0}) if shared.ok else None
             if hit is not None:
-                self.stats.record_call(stage, hit)
-                self._progress.finished(stage, hit)
+                self._account(request, hit)
                 return hit
         future: asyncio.Future[ChatResult] | None = None
         if key is not None:
@@ -182,8 +207,7 @@ class LLM:
                 del self._pending[key]
         if future is not None and not future.done():
             future.set_result(result)
-        self.stats.record_call(stage, result)
-        self._progress.finished(stage, result)
+        self._account(request, result)
         return result
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:

@@ -1,7 +1,7 @@
 """Which conversation format a file is in, by its content first and its extension second.
 
 In: a path. Out: one of FORMATS ("parlai", "hf-json", "spc-csv", "jsonl"). Looks at the first
-non-blank line only: `<n> ...` is ParlAI; a header naming `user 1 personas` is SPC CSV; a one-line
+non-blank line only: `<n> ...` or `text:...` is ParlAI; a header naming `user 1 personas` is SPC CSV; a one-line
 JSON object is JSONL (unless it holds personachat keys); `[` or `{` otherwise is HF JSON. Files that
 say nothing clear fall back to the extension (.txt, .csv, .json, .jsonl); else InputError.
 """
@@ -38,7 +38,7 @@ def _first_line(data: bytes) -> str:
 
 
 def _by_content(first: str, suffix: str) -> str | None:
-    if _NUMBERED.match(first):
+    if _NUMBERED.match(first) or first.startswith("text:"):
         return "parlai"
     if "user 1 personas" in first.lower():
         return "spc-csv"

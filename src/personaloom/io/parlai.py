@@ -1,14 +1,22 @@
 """Persona-Chat / ConvAI2 ParlAI text <-> Conversation.
 
-In (reader): numbered lines; a line numbered 1 starts an episode; `your persona: ...` and
-`partner's persona: ...` lines, then `utterance<TAB>reply` lines, optionally followed by
-`<TAB>reward<TAB>cand1|cand2|...`. The first column is the partner's utterance (speaker 1, persona =
-partner's persona), the reply is "self" (speaker 2, persona = your persona). `__SILENCE__` (and empty)
-utterances are dropped. Out: one Conversation per episode, ids `persona-chat-00000`, ...
+In (reader), either of ParlAI's two text forms:
+- the Persona-Chat files: numbered lines; a line numbered 1 starts an episode; `your persona: ...` and
+  `partner's persona: ...` lines, then `utterance<TAB>reply` lines, optionally followed by
+  `<TAB>reward<TAB>cand1|cand2|...`;
+- ParlAI's own export (`parlai display_data` / `convert_to_parlai`): one message a line,
+  `text:...<TAB>labels:...<TAB>label_candidates:a|b<TAB>episode_done:True`, the persona lines at the start of
+  an episode's first `text` (joined by an escaped newline `\n`).
+The first column / `text` is the partner's utterance (speaker 1, persona = partner's persona), the reply /
+`labels` is "self" (speaker 2, persona = your persona). `__SILENCE__` (and empty) utterances are dropped;
+`__PIPE__` (ParlAI's escape of "|" inside candidate lists) reads back as "|". Files without persona lines
+(Persona-Chat's `*_none_*` variants, the no-persona setting) give conversations with empty personas.
+Out: one Conversation per episode, ids `persona-chat-00000`, ...
 
-Out (writer): the same text, optionally with N distractor candidates per reply sampled (seeded, keyed
-by conversation and line, not by call order) from other conversations' utterances, the label at a
-seeded position among them. Consecutive utterances by one speaker get a `__SILENCE__` filler on the
+Out (writer): the same numbered text, optionally with N distractor candidates per reply sampled (seeded,
+keyed by conversation and line, not by call order) from other conversations' utterances, the label at a
+seeded position among them; "|" inside a label or candidate is written `__PIPE__`, as ParlAI does.
+Consecutive utterances by one speaker get a `__SILENCE__` filler on the
 other side, which the reader drops again, so ParlAI -> JSONL -> ParlAI is lossless.
 """
 
@@ -28,6 +36,7 @@ from personaloom.rng import rng_for
 
 SOURCE = "persona-chat"
 SILENCE = "__SILENCE__"
+PIPE = "__PIPE__"
 YOUR = "your persona:"
 PARTNER = "partner's persona:"
 
@@ -59,8 +68,6 @@ def _finish(ep: _Episode, index: int, path: Path, source: str) -> Conversation:
         if ep.first_dialogue_line is None:
             raise InputError("persona lines with no dialogue after them", path, ep.start_line)
         raise InputError("episode has no utterances (only silence)", path, ep.start_line)
-    if not ep.your and not ep.partner:
-        raise InputError("dialogue with no persona (no 'your persona:' lines before it)", path, ep.start_line)
     return Conversation(
         id=f"{source}-{index:05d}",
         user1_persona=ep.partner,
@@ -71,37 +78,87 @@ def _finish(ep: _Episode, index: int, path: Path, source: str) -> Conversation:
     )
 
 
-def read_parlai(path: str | Path, source: str = SOURCE) -> list[Conversation]:
-    p = Path(path)
+def _unpipe(text: str) -> str:
+    return text.replace(PIPE, "|")
+
+
+def _add_persona_or_turns(ep: _Episode, body: str, reply: str | None, p: Path, lineno: int) -> None:
+    """One line's persona statement, or its (partner utterance, reply) turns."""
+    low = body.lower()
+    if low.startswith(YOUR) or low.startswith(PARTNER):
+        if ep.first_dialogue_line is not None:
+            raise InputError("persona line after the dialogue started (episodes start at line 1)", p, lineno)
+        if low.startswith(YOUR):
+            ep.your.append(_persona_text(body, YOUR))
+        else:
+            ep.partner.append(_persona_text(body, PARTNER))
+        return
+    if ep.first_dialogue_line is None:
+        ep.first_dialogue_line = lineno
+    if not is_silence(body):
+        ep.turns.append(Turn(speaker=1, text=_unpipe(body)))
+    if reply is not None and not is_silence(reply):
+        ep.turns.append(Turn(speaker=2, text=_unpipe(reply)))
+
+
+def _fields(line: str) -> dict[str, str]:
+    """ParlAI's `key:value<TAB>key:value` message line, with its escapes (\\n, \\t) undone."""
+    out: dict[str, str] = {}
+    for part in line.split("\t"):
+        key, sep, value = part.partition(":")
+        if sep:
+            out[key.strip()] = value.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "")
+    return out
+
+
+def _read_fields(p: Path, lines: list[str], source: str) -> list[Conversation]:
     out: list[Conversation] = []
     ep: _Episode | None = None
-    for lineno, line in enumerate(lines_of(read_text(p)), start=1):
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        msg = _fields(line)
+        if "text" not in msg:
+            raise InputError("expected a ParlAI message line ('text:...<TAB>labels:...<TAB>episode_done:...')",
+                             p, lineno)
+        if ep is None:
+            ep = _Episode(start_line=lineno)
+        label = msg.get("labels", msg.get("eval_labels"))
+        label = label.split("|")[0] if label is not None else None
+        parts = msg["text"].split("\n")
+        for i, part in enumerate(parts):
+            _add_persona_or_turns(ep, part, label if i == len(parts) - 1 else None, p, lineno)
+        if msg.get("episode_done", "").strip().lower() == "true":
+            out.append(_finish(ep, len(out), p, source))
+            ep = None
+    if ep is not None and (ep.turns or ep.your or ep.partner):
+        out.append(_finish(ep, len(out), p, source))
+    return out
+
+
+def read_parlai(path: str | Path, source: str = SOURCE) -> list[Conversation]:
+    p = Path(path)
+    lines = lines_of(read_text(p))
+    first = next((ln for ln in lines if ln.strip()), "")
+    if first.lstrip().startswith("text:"):
+        return _read_fields(p, lines, source)
+    out: list[Conversation] = []
+    ep: _Episode | None = None
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         m = _NUMBERED.match(line)
         if m is None:
-            raise InputError("expected a numbered line ('<n> text'), as in ParlAI Persona-Chat files", p, lineno)
+            raise InputError(
+                "expected a numbered line ('<n> text', Persona-Chat) or a ParlAI message line ('text:...')", p, lineno
+            )
         number, body = int(m.group(1)), line[m.end() :]
         if ep is None or number == 1:
             if ep is not None:
                 out.append(_finish(ep, len(out), p, source))
             ep = _Episode(start_line=lineno)
-        low = body.lower()
-        if low.startswith(YOUR) or low.startswith(PARTNER):
-            if ep.first_dialogue_line is not None:
-                raise InputError("persona line after the dialogue started (episodes start at line 1)", p, lineno)
-            if low.startswith(YOUR):
-                ep.your.append(_persona_text(body, YOUR))
-            else:
-                ep.partner.append(_persona_text(body, PARTNER))
-            continue
-        if ep.first_dialogue_line is None:
-            ep.first_dialogue_line = lineno
         cols = body.split("\t")
-        if not is_silence(cols[0]):
-            ep.turns.append(Turn(speaker=1, text=cols[0]))
-        if len(cols) > 1 and not is_silence(cols[1]):
-            ep.turns.append(Turn(speaker=2, text=cols[1]))
+        _add_persona_or_turns(ep, cols[0], cols[1] if len(cols) > 1 else None, p, lineno)
     if ep is not None:
         out.append(_finish(ep, len(out), p, source))
     return out
@@ -134,8 +191,8 @@ def dialogue_rows(turns: Sequence[Turn]) -> list[tuple[str, str | None]]:
 
 
 def writable(conv: Conversation) -> bool:
-    """What the reader accepts back: at least one turn and one persona."""
-    return bool(conv.turns) and bool(conv.user1_persona or conv.user2_persona)
+    """What the reader accepts back: at least one turn (personas may be empty: the no-persona files)."""
+    return bool(conv.turns)
 
 
 def _distractors(
@@ -148,8 +205,7 @@ def _distractors(
         if len(chosen) >= n or not pool:
             break
         owner, text = pool[rng.randrange(len(pool))]
-        # "|" separates candidates in the format, so such utterances cannot be candidates.
-        if owner == conv_index or text in seen or "|" in text:
+        if owner == conv_index or text in seen:
             continue
         seen.add(text)
         chosen.append(text)
@@ -178,7 +234,9 @@ def write_parlai(path: str | Path, conversations: Iterable[Conversation], candid
                     fh.write(f"{n} {text}\n")
                 elif candidates > 0:
                     cands = _distractors(label, pool, ci, candidates, (seed, "parlai-candidates", ci, conv.id, ri))
-                    fh.write(f"{n} {text}\t{label}\t\t{'|'.join(cands)}\n")
+                    # "|" separates candidates: inside one it is escaped, in the label too (ParlAI's rule).
+                    piped = "|".join(c.replace("|", PIPE) for c in cands)
+                    fh.write(f"{n} {text}\t{label.replace('|', PIPE)}\t\t{piped}\n")
                 else:
                     fh.write(f"{n} {text}\t{label}\n")
     return len(convs)

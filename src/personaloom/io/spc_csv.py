@@ -82,6 +82,7 @@ def read_spc_csv(path: str | Path, source: str = SOURCE) -> list[Conversation]:
                 source=source,
                 raw=raw,
                 defects=parsed.defects,
+                label_forms=parsed.label_forms or None,
             )
         )
     if index is None:

@@ -29,6 +29,7 @@ import numpy as np
 from personaloom.backends.base import ChatRequest, ChatResult, LLMClient
 from personaloom.config import ExpandConfig, SamplingConfig
 from personaloom.embed import Embedder, NeighborIndex, dedup_mask
+from personaloom.fingerprint import StageInputs
 from personaloom.records import Attribute
 from personaloom.stages import persona_bootstrap as pb
 from personaloom.stages import query_induction as qi
@@ -37,6 +38,9 @@ from personaloom.stats import Stats
 log = logging.getLogger(__name__)
 
 STAGE = "expand"
+# The resume fingerprint's inputs (personaloom.fingerprint); the seed set is the data input.
+INPUTS = StageInputs(STAGE, ("seed", "expand", "embed", "sampling"),
+                     ("query_*.j2", "persona_answer.j2", "backend_json*.j2"), llm="main")
 
 
 @dataclass

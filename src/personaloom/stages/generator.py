@@ -21,7 +21,9 @@ from personaloom.backends.base import ChatRequest, Message
 from personaloom.config import GenerateConfig, SamplingConfig
 from personaloom.dialogue import (
     DEFECT_KINDS,
-    has_placeholder,
+    describe_non_dialogue,
+    has_slot,
+    is_stage_direction,
     normalise,
     parse_dialogue,
     render_dialogue,
@@ -29,7 +31,7 @@ from personaloom.dialogue import (
 )
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Session, Turn
-from personaloom.stages.critic.format_expert import has_slot, is_near_duplicate, word_set
+from personaloom.stages.critic.format_expert import is_near_duplicate, word_set
 from personaloom.text import prompt_language, words
 from personaloom.traits import levels
 
@@ -153,13 +155,11 @@ def build_requests(
     """cfg.candidates requests for one pair; they share the prompt and differ in their seed."""
     shots = draw_examples(pair, examples, cfg.few_shot, seed, iteration)
     messages = build_messages(pair, shots, cfg, language, session)
-    temperature = sampling.temperature if cfg.temperature is None else cfg.temperature
     requests: list[ChatRequest] = []
     for i in range(cfg.candidates):
         params = sampling.params(
             cfg.max_tokens,
             rng.derive_seed(seed, STAGE, iteration, pair.id, i, *([session.tag] if session else [])),
-            temperature=temperature,
             stop=list(cfg.stop),
         )
         requests.append(
@@ -201,7 +201,11 @@ def _clean_prefix(items: list[Turn | str]) -> tuple[list[Turn], str | None]:
     kept: list[Turn] = []
     seen: dict[str, int] = {}
     for item in items:
-        reason = "unprefixed" if isinstance(item, str) else _cut_reason(item, kept, seen)
+        reason: str | None
+        if isinstance(item, str):
+            reason = "stage_directions" if is_stage_direction(item) else "unprefixed"
+        else:
+            reason = _cut_reason(item, kept, seen)
         if reason is not None:
             return kept, reason
         assert isinstance(item, Turn)
@@ -238,25 +242,18 @@ def parse_candidate(
     parsed = parse_dialogue(text)
     if not parsed.turns:
         return Failure(
-            stage=STAGE,
-            item_id=cid,
-            reason="empty",
-            detail="no line starts with a speaker prefix such as 'User 1:'",
-            raw=text,
+            stage=STAGE, item_id=cid, reason="empty", detail=describe_non_dialogue(text), raw=text,
             iteration=iteration,
         )
     # Rebuild the line order: utterances and, between the first and last utterance, loose lines.
     loose = dict(parsed.unprefixed_lines)
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    prefixed = [n for n, line in enumerate(lines, start=1) if line.strip() and n not in loose]
-    turn_iter = iter(parsed.turns)
+    at_line = dict(zip(parsed.turn_lines, parsed.turns, strict=True))
     items: list[Turn | str] = []
-    for n in range(prefixed[0], prefixed[-1] + 1):
+    for n in range(parsed.turn_lines[0], parsed.turn_lines[-1] + 1):
         if n in loose:
             items.append(loose[n])
-        elif lines[n - 1].strip():
-            t = next(turn_iter)
-            items.append(Turn(speaker=t.speaker, text=_unwrap(t.text)))
+        elif n in at_line:
+            items.append(Turn(speaker=at_line[n].speaker, text=_unwrap(at_line[n].text)))
     all_turns = [i for i in items if isinstance(i, Turn)]
     critic: dict[str, Any] | None = None
     if trim:
@@ -274,10 +271,14 @@ def parse_candidate(
         if truncated and len(turns) > 1:
             turns = turns[:-1]
     defects = set(turn_defects(turns))
-    if middle:
+    if any(not is_stage_direction(t) for t in middle):
         defects.add("unprefixed")
-        if any(has_placeholder(t) for t in middle):
-            defects.add("placeholders")
+    if any(is_stage_direction(t) for t in middle):
+        defects.add("stage_directions")
+    if any(has_slot(t) for t in middle):
+        defects.add("placeholders")
+    if parsed.label_forms:
+        defects.add("nonstandard_labels")
     if empty_utterance:
         defects.add("empty_utterance")
     return Conversation(
@@ -294,4 +295,5 @@ def parse_candidate(
         user1_traits=pair.user1_traits,
         user2_traits=pair.user2_traits,
         language=language,
+        label_forms=parsed.label_forms or None,
     )

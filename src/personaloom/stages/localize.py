@@ -28,7 +28,7 @@ _QUOTES = "\"'«»“”„‚‘’「」『』"
 
 
 def build_request(text: str, language: str, config: RunConfig) -> ChatRequest:
-    params = config.sampling.params(MAX_TOKENS, rng.derive_seed(config.seed, STAGE, language, text))
+    params = config.sampling_for("expansion").params(MAX_TOKENS, rng.derive_seed(config.seed, STAGE, language, text))
     return ChatRequest(
         messages=[
             Message(role="system", content=render("localize.j2", language=language_name(language))),

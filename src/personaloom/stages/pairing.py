@@ -32,7 +32,11 @@ from scipy import sparse
 
 from personaloom import rng
 from personaloom.config import PairConfig
+from personaloom.fingerprint import StageInputs
 from personaloom.records import Attribute, Conversation, Pair, Profile
+
+# The resume fingerprint's inputs (personaloom.fingerprint); profiles come in through upstream.
+INPUTS = StageInputs("pair", ("seed", "pair", "big_five"))
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from personaloom import rng
 from personaloom.backends.base import ChatRequest, Message
 from personaloom.config import SamplingConfig
-from personaloom.dialogue import has_placeholder
+from personaloom.dialogue import has_slot
 from personaloom.embed import FloatArray, IntArray
 from personaloom.prompts import render
 from personaloom.text import words as _words
@@ -101,7 +101,7 @@ def answer_rejection(answer: str, persona: Sequence[str], max_words: int) -> str
         return "too_long"
     if answer.rstrip().endswith("?"):
         return "question"
-    if has_placeholder(answer):
+    if has_slot(answer):
         return "placeholder"
     if any(ch in answer for ch in '"“”{}[]<>|\\'):
         return "malformed"

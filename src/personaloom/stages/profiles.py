@@ -35,6 +35,7 @@ from personaloom.backends.base import ChatRequest, LLMClient, Message
 from personaloom.config import ProfilesConfig, SamplingConfig
 from personaloom.embed import Embedder
 from personaloom.errors import ConfigError
+from personaloom.fingerprint import StageInputs
 from personaloom.prompts import render
 from personaloom.records import Attribute, Profile
 from personaloom.replies import json_object
@@ -42,6 +43,9 @@ from personaloom.stages.persona_bootstrap import parse_answer
 from personaloom.stats import Stats
 
 STAGE = "profiles"
+# The resume fingerprint's inputs (personaloom.fingerprint); attributes come in through upstream.
+INPUTS = StageInputs(STAGE, ("seed", "profiles", "embed", "sampling", "big_five"),
+                     ("negation.j2", "nli.j2", "backend_json*.j2"), llm="main")
 NEGATION_STAGE = "profiles.negation"
 NLI_STAGE = "profiles.nli"
 

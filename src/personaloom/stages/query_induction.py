@@ -32,7 +32,7 @@ from scipy import sparse
 from personaloom import rng
 from personaloom.backends.base import ChatRequest, Message
 from personaloom.config import SamplingConfig
-from personaloom.dialogue import has_placeholder
+from personaloom.dialogue import has_slot
 from personaloom.embed import FloatArray, IntArray, NeighborIndex, greedy_leaders, normalize_rows
 from personaloom.prompts import render
 
@@ -192,7 +192,7 @@ def question_rejection(line: str, max_words: int = 25) -> tuple[str | None, str]
         return "too_long", s
     if not s[0].isalpha():
         return "not_a_question", s
-    if has_placeholder(s):
+    if has_slot(s):
         return "placeholder", s
     if not _SECOND_PERSON.search(s):
         return "not_personal", s

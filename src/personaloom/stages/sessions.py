@@ -20,6 +20,7 @@ import re
 from personaloom import rng
 from personaloom.backends.base import ChatRequest, ChatResult, Message
 from personaloom.config import RunConfig
+from personaloom.fingerprint import StageInputs
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Session, Turn
 from personaloom.stages.critic.pair_round import LLMFor, PairOutcome, account, generate_and_critique
@@ -29,6 +30,11 @@ from personaloom.stats import merge_tokens
 from personaloom.text import prompt_language
 
 MEMORY_STAGE = "sessions.memory"
+# The resume fingerprint's inputs of one Generator-Critic round (personaloom.fingerprint); the round's
+# pairs and its few-shot pool are the data inputs. Every prompt a round can render is part of it.
+INPUTS = StageInputs("generate", ("seed", "generate", "critic", "sampling", "language", "big_five", "sessions"),
+                     ("generator*.j2", "critic_*.j2", "big_five.j2", "session_memory*.j2", "localize.j2",
+                      "backend_json*.j2"), llm="critic")
 MEMORY_MAX_CHARS = 600
 MEMORY_SENTENCES = 4
 # A sentence: up to and including its end mark (any script's), or the unfinished rest of the text.
@@ -43,7 +49,7 @@ def build_memory_request(
     pair_id: str, speaker: int, memory: str, turns: list[Turn], index: int, config: RunConfig
 ) -> ChatRequest:
     seed = rng.derive_seed(config.seed, MEMORY_STAGE, pair_id, index, speaker)
-    params = config.sampling.params(config.sessions.memory_max_tokens, seed)
+    params = config.sampling_for("expansion").params(config.sessions.memory_max_tokens, seed)
     system = render("session_memory.j2", speaker=speaker, language=prompt_language(config.language))
     return ChatRequest(
         messages=[

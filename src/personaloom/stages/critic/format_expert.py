@@ -3,8 +3,10 @@
 Reasons (codes, first in the rationale, then details):
   empty            no utterance at all
   empty_utterance  a speaker prefix with nothing after it
-  placeholders     a template slot such as "[name]", "[User 1's name]" or "(User 1)"
-  unprefixed       a line between utterances that no speaker prefix attributes ("* * *", "[Later]")
+  placeholders     a template slot such as "[name]", "[User 1's name]", "(user 1's name)" or "(city)"
+                   (dialogue.find_slots: the one slot detector, shared with the readers and metrics)
+  unprefixed       a line between utterances that no speaker label attributes ("* * *")
+  stage_directions a bracketed narrative line ("[Later that week]", "(The next day)")
   same_speaker     two consecutive utterances by the same speaker
   too_short        fewer than `min_utterances` utterances
   repetition       degenerate looping: an utterance repeated, or one utterance/the whole conversation
@@ -16,11 +18,10 @@ No LLM call; the same input always gives the same verdict.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 
-from personaloom.dialogue import has_placeholder
+from personaloom.dialogue import has_slot, is_stage_direction
 from personaloom.records import Conversation, Turn, Verdict
 from personaloom.text import words as _words
 
@@ -29,6 +30,7 @@ REASONS = (
     "empty_utterance",
     "placeholders",
     "unprefixed",
+    "stage_directions",
     "same_speaker",
     "too_short",
     "repetition",
@@ -53,17 +55,6 @@ NEAR_DUPLICATE = 0.6
 _MAX_NEAR_SHARE = 0.2
 # A later session re-telling an earlier one: more than this share of its utterances are (near-)copies.
 _MAX_EARLIER_SHARE = 1 / 3
-
-
-# Slots small models write in parentheses: "I'm (User 1).", "(your name)".
-_PAREN_SLOT = re.compile(
-    r"\(\s*(?:(?:user|person|speaker)\s*[12]\b|(?:your |my |user's |his |her )?name\b)[^()]{0,20}\)", re.IGNORECASE
-)
-
-
-def has_slot(text: str) -> bool:
-    """A template slot: bracketed (DESIGN.md §3, e.g. "[User 1's name]") or "(User 1)", "(your name)"."""
-    return has_placeholder(text) or _PAREN_SLOT.search(text) is not None
 
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
@@ -157,7 +148,11 @@ def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[T
         if slots or "placeholders" in defects:
             found.append(("placeholders", f"template slot in utterance(s) {slots}" if slots else "template slot"))
         if "unprefixed" in defects:
-            found.append(("unprefixed", "a line between utterances has no speaker prefix"))
+            found.append(("unprefixed", "a line between utterances has no speaker label"))
+        directions = [i for i, t in enumerate(turns, start=1) if is_stage_direction(t.text)]
+        if directions or "stage_directions" in defects:
+            where = f" (utterance(s) {directions})" if directions else ""
+            found.append(("stage_directions", f"a bracketed narrative line{where}"))
         runs = [i for i in range(1, len(turns)) if turns[i].speaker == turns[i - 1].speaker]
         if runs:
             found.append(("same_speaker", f"utterances {[(i, i + 1) for i in runs][:5]} by the same speaker"))

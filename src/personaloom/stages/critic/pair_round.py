@@ -99,7 +99,7 @@ def filter_experts(critic: CriticConfig, conv: Conversation | None, session: Ses
 
 def filter_jobs(convs: list[Conversation], config: RunConfig, session: SessionContext | None = None) -> list[_Job]:
     c = config.critic
-    sampling, seed, max_tokens = config.sampling, config.seed, c.max_tokens
+    sampling, seed, max_tokens = config.sampling_for("critic"), config.seed, c.max_tokens
     jobs: list[_Job] = []
     for conv in convs:
         for expert in filter_experts(c, conv, session):
@@ -130,12 +130,13 @@ def quality_jobs(convs: list[Conversation], config: RunConfig, pair_id: str, ite
     c = config.critic
     if len(convs) < 2:
         return []
+    sampling = config.sampling_for("critic")
     jobs: list[_Job] = []
     for expert in enabled(c, QUALITY_EXPERTS):
         if c.mode == "listwise":
             shown = list(convs)
             rng.rng_for(config.seed, "critic-order", expert, iteration, pair_id).shuffle(shown)
-            req = experts.build_listwise_request(expert, shown, config.sampling, c.max_tokens, config.seed)
+            req = experts.build_listwise_request(expert, shown, sampling, c.max_tokens, config.seed)
             jobs.append(_Job(expert, req, partial(experts.parse_listwise, expert, shown)))
             continue
         for a, b in itertools.combinations(convs, 2):
@@ -146,7 +147,7 @@ def quality_jobs(convs: list[Conversation], config: RunConfig, pair_id: str, ite
             else:
                 orders = [(a, b)]
             for x, y in orders:
-                req = experts.build_pairwise_request(expert, x, y, config.sampling, c.max_tokens, config.seed)
+                req = experts.build_pairwise_request(expert, x, y, sampling, c.max_tokens, config.seed)
                 jobs.append(_Job(expert, req, partial(experts.parse_pairwise, expert, x, y)))
     return jobs
 
@@ -195,7 +196,8 @@ async def generate_candidates(
     session: SessionContext | None = None,
 ) -> tuple[list[Conversation], list[Failure]]:
     requests = generator.build_requests(
-        pair, examples, config.generate, config.sampling, config.seed, iteration, config.language, session
+        pair, examples, config.generate, config.sampling_for("generator"), config.seed, iteration, config.language,
+        session
     )
     results = await llm.complete(requests)
     account(tokens, "generate", results)
