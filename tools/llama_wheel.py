@@ -26,15 +26,10 @@ _OFF_X86 = ["AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "
 _V3 = ["SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2"]
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+ROOT = Path(__file__).resolve().parent.parent
+# personaloom is not installed yet when this runs; its native module needs only the standard library here.
+sys.path.insert(0, str(ROOT / "src"))
+from personaloom.native import cpu_flags  # noqa: E402
 
 
 def profile() -> tuple[str, list[str]]:
@@ -42,7 +37,7 @@ def profile() -> tuple[str, list[str]]:
     machine = platform.machine().lower()
     flags = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_BACKEND_DL=OFF"]
     if machine in ("x86_64", "amd64"):
-        have = _cpu_flags()
+        have = cpu_flags()
         v3 = not have or {"avx2", "fma", "f16c", "bmi2"} <= have
         flags += [f"-DGGML_{f}={'ON' if v3 else 'OFF'}" for f in _V3]
         flags += [f"-DGGML_{f}=OFF" for f in _OFF_X86]
@@ -55,7 +50,7 @@ def profile() -> tuple[str, list[str]]:
 def main() -> int:
     version = sys.argv[1] if len(sys.argv) > 1 else VERSION
     name, flags = profile()
-    folder = Path(__file__).resolve().parent.parent / ".wheels" / f"llama-cpp-python-{version}-{name}"
+    folder = ROOT / ".wheels" / f"llama-cpp-python-{version}-{name}"
     wheels = sorted(folder.glob("llama_cpp_python-*.whl"))
     if not wheels:
         folder.mkdir(parents=True, exist_ok=True)
