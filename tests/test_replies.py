@@ -71,3 +71,42 @@ def test_failed_results_pass_through() -> None:
 def test_plain_answers_are_untouched() -> None:
     raw = ChatResult(texts=["User 1: I think <b>this</b> is fine"], finish_reason="stop")
     assert normalize(raw, REQUEST).text == raw.text
+
+
+@pytest.mark.parametrize(
+    ("message", "param", "field"),
+    [
+        ("Unrecognized request argument supplied: top_k", None, "top_k"),  # OpenAI, Azure OpenAI
+        ("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' "
+         "instead.", "max_tokens", "max_tokens"),  # OpenAI reasoning models
+        ("Unsupported value: 'temperature' does not support 0.7 with this model. Only the default (1) value is "
+         "supported.", "temperature", "temperature"),
+        ("property 'top_k' is unsupported, please remove it", None, "top_k"),  # Groq-style
+        ('Invalid JSON payload received. Unknown name "top_k": Cannot find field.', None, "top_k"),  # Gemini-style
+        ("[{'type': 'extra_forbidden', 'loc': ['body', 'seed'], 'msg': 'Extra inputs are not permitted'}]", None,
+         "seed"),  # FastAPI gateways
+        ("model 'llama3' not found", None, None),
+        ("This model's maximum context length is 2048 tokens.", None, None),
+    ],
+)
+def test_the_refused_field_is_read_from_the_servers_words(message: str, param: str | None, field: str | None) -> None:
+    from personaloom.backends.openai_compat import rejected_field
+
+    sent = {"model": "m", "messages": [], "temperature": 0.7, "top_k": 40, "top_p": 1.0, "seed": 1,
+            "max_tokens": 64}
+    assert rejected_field(message, param, sent) == field
+
+
+def test_content_as_a_list_of_parts() -> None:
+    from personaloom.backends.openai_compat import _content_text
+
+    assert _content_text([{"type": "text", "text": "User 1: hi"}, {"type": "image_url"}]) == "User 1: hi"
+    assert _content_text(None) == "" and _content_text("x") == "x"
+
+
+def test_a_complaint_about_a_fields_value_is_no_refusal_of_the_field() -> None:
+    from personaloom.backends.openai_compat import rejected_field
+
+    vllm = ("'max_tokens' or 'max_completion_tokens' is too large: 3000. This model's maximum context length is "
+            "4096 tokens and your request has 1200 input tokens (3000 > 4096 - 1200).")
+    assert rejected_field(vllm, None, {"max_tokens": 3000}) is None

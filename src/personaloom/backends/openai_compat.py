@@ -54,6 +54,8 @@ LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
 _RETRY_STATUS = {408, 409, 425, 429}
 # Request fields a strict server may refuse and that can be left out (the server's default applies).
 _DROPPABLE = ("top_k", "seed", "stop", "top_p", "temperature", "max_tokens")
+_REFUSAL = re.compile(r"unrecogni[sz]ed|unsupported|not supported|unknown|not permitted|extra|not allowed|"
+                      r"cannot find|remove|invalid (?:param|arg|field|key)|does not support")
 
 
 def is_loopback(url: str) -> bool:
@@ -102,12 +104,22 @@ def server_message(exc: openai.APIStatusError) -> tuple[str, str | None]:
     return line[:300], (str(param) if isinstance(param, str) and param else None)
 
 
+def _content_text(content: Any) -> str:
+    """`message.content` as text: a string, null, or (some gateways) a list of {"type": "text", "text"} parts."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content or "")
+
+
 def rejected_field(message: str, param: str | None, sent: dict[str, Any]) -> str | None:
     """The droppable field of `sent` that a 4xx message objects to, if it names one."""
     candidates = [k for k in (*_DROPPABLE, "max_completion_tokens") if k in sent]
+    lowered = message.lower()
+    # Only a refusal of the field itself ("'max_tokens' is too large" is about its value).
+    if not _REFUSAL.search(lowered):
+        return None
     if param in candidates:
         return param
-    lowered = message.lower()
     for name in candidates:
         if re.search(rf"(?<![a-z_]){re.escape(name)}(?![a-z_])", lowered):
             return name
@@ -384,7 +396,7 @@ class OpenAIBackend(Backend):
         try:
             choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
             messages = [c.get("message") or {} for c in choices]
-            texts = [str(m.get("content") or "") for m in messages]
+            texts = [_content_text(m.get("content")) for m in messages]
             reasoning = [str(m.get("reasoning_content") or m.get("reasoning") or "") for m in messages]
             finishes = [str(c.get("finish_reason") or "stop") for c in choices]
             usage = data.get("usage")
