@@ -269,7 +269,7 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Evaluate a dataset against human data: defects, diversity, hits@1, Turing and faithfulness tests."""
-    from personaloom.pipeline import evaluate_command
+    from personaloom.evaluate.command import evaluate_command
 
     evaluate_command(data, reference, out, judge, model, base_url, limit, seed)
 

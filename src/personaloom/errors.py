@@ -42,9 +42,3 @@ class BackendError(PersonaloomError):
     """An LLM backend cannot be used at all (unreachable server, missing model file, ...)."""
 
     exit_code = 2
-
-
-class NotBuiltError(PersonaloomError):
-    """A command whose stage does not exist yet."""
-
-    exit_code = 2

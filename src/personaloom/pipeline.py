@@ -31,7 +31,7 @@ from rich.console import Console
 
 from personaloom.backends.base import Backend, LLMClient
 from personaloom.config import BackendConfig, RunConfig, dump_config
-from personaloom.errors import BackendError, ConfigError, InputError, OutputError
+from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
@@ -581,75 +581,4 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
     )
 
 
-def evaluate_command(
-    data: str,
-    reference: str | None,
-    out: Path | None,
-    judge: str,
-    model: str | None,
-    base_url: str | None,
-    limit: int | None,
-    seed: int,
-) -> dict[str, Any]:
-    """`personaloom evaluate`: metrics.json + report.html; LLM tests through a cached judge client."""
-    from personaloom.embed import Embedder
-    from personaloom.evaluate.suite import evaluate
-
-    data_path = Path(data)
-    if not data_path.exists():
-        raise InputError("no such file or directory", path=data_path)
-    if reference is not None and not Path(reference).exists():
-        raise InputError("no such file or directory (--reference)", path=reference)
-    out_dir = ensure_dir(out if out is not None else (data_path if data_path.is_dir() else Path("eval")))
-    if judge not in ("none", "embedded", "openai", "fake"):
-        raise ConfigError(f"--judge {judge!r}: expected none, embedded, openai or fake")
-    config = RunConfig.model_validate(
-        {"seed": seed, "out": str(out_dir), "backend": {"kind": "embedded" if judge == "none" else judge,
-                                                       "model": model, "base_url": base_url}}
-    )
-    stats = Stats()
-    clients = Clients(config, out_dir, stats)
-    embedder = Embedder(config.embed.model, cache_path=out_dir / "embeddings.sqlite")
-
-    async def go() -> dict[str, Any]:
-        try:
-            client = None if judge == "none" else clients.main
-            return await evaluate(data_path, reference, out_dir, client, limit=limit, seed=seed, embedder=embedder)
-        finally:
-            await clients.aclose()
-
-    started = time.perf_counter()
-    metrics = asyncio.run(go())
-    _print_metrics(metrics)
-    took = time.perf_counter() - started
-    console.print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'} in {took:.1f} s")
-    return metrics
-
-
-def _print_metrics(m: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(title="Evaluation")
-    t.add_column("metric")
-    t.add_column("data", justify="right")
-    t.add_column("reference", justify="right")
-    ref = m.get("reference") or {}
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
-
-    rows = [("conversations", "conversations"), ("distinct-1", "distinct_1"), ("distinct-2", "distinct_2")]
-    for label, key in rows:
-        t.add_row(label, fmt(m.get(key)), fmt(ref.get(key)))
-    for kind, n in (m.get("defects") or {}).items():
-        t.add_row(f"defect: {kind}", fmt(n), fmt((ref.get("defects") or {}).get(kind)))
-    for key in ("without_persona", "with_persona"):
-        t.add_row(f"hits@1 {key.replace('_', ' ')}", fmt((m.get("ir_hits_at_1") or {}).get(key)),
-                  fmt((ref.get("ir_hits_at_1") or {}).get(key)))
-    console.print(t)
-    for name in ("turing", "faithfulness", "toxicity"):
-        if m.get(name):
-            console.print(f"{name}: {json.dumps(m[name], default=str)[:300]}")
-
-
-__all__ = ["STAGES", "Pipeline", "SeedSet", "evaluate_command", "load_seed_set", "run"]
+__all__ = ["STAGES", "Clients", "Pipeline", "SeedSet", "load_seed_set", "run"]
