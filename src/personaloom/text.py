@@ -38,6 +38,22 @@ def words(text: str) -> list[str]:
     return [str(t) for t in _TOKEN.findall(normal)]
 
 
+# Near-duplicates: an utterance of >= 5 distinct words whose word set overlaps an earlier one's by this
+# Jaccard similarity (the format expert's loop check and the generator's trim use it).
+NEAR_DUPLICATE = 0.6
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(words(text))
+
+
+def is_near_duplicate(words: frozenset[str], earlier: list[frozenset[str]], threshold: float = NEAR_DUPLICATE) -> bool:
+    """Whether `words` (>= 5 of them) overlaps any earlier word set by Jaccard >= threshold."""
+    if len(words) < 5:
+        return False
+    return any(o and len(words & o) / len(words | o) >= threshold for o in earlier)
+
+
 _SCRIPTS = (
     "Latin",
     "Cyrillic",

@@ -31,8 +31,7 @@ from personaloom.dialogue import (
 )
 from personaloom.prompts import render
 from personaloom.records import Conversation, Failure, Pair, Session, Turn
-from personaloom.stages.critic.format_expert import is_near_duplicate, word_set
-from personaloom.text import prompt_language, words
+from personaloom.text import is_near_duplicate, prompt_language, word_set, words
 from personaloom.traits import levels
 
 STAGE = "generate"

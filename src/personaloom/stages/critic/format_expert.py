@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from personaloom.dialogue import has_slot, is_stage_direction
 from personaloom.records import Conversation, Turn, Verdict
+from personaloom.text import is_near_duplicate, word_set
 from personaloom.text import words as _words
 
 REASONS = (
@@ -47,11 +48,9 @@ _MAX_DUPLICATE_SHARE = 0.25
 _MIN_DISTINCT_2 = 0.45
 # Within one utterance: the same 4-gram this many times is a loop ("I love dogs. I love dogs. ...").
 _MAX_SAME_4GRAM = 3
-# Near-duplicates: an utterance of >= 5 distinct words whose word set overlaps an earlier one's by this
-# Jaccard similarity. SmolLM2 loops by rephrasing ("I'm glad to hear that you're doing great too");
-# more than _MAX_NEAR_SHARE of such utterances flags 0.9% of the released SPC valid conversations and
+# More than this share of near-duplicate utterances (text.is_near_duplicate: SmolLM2 loops by rephrasing,
+# "I'm glad to hear that you're doing great too") flags 0.9% of the released SPC valid conversations and
 # most SmolLM2-135M replies.
-NEAR_DUPLICATE = 0.6
 _MAX_NEAR_SHARE = 0.2
 # A later session re-telling an earlier one: more than this share of its utterances are (near-)copies.
 _MAX_EARLIER_SHARE = 1 / 3
@@ -59,16 +58,6 @@ _MAX_EARLIER_SHARE = 1 / 3
 
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
-def word_set(text: str) -> frozenset[str]:
-    return frozenset(_words(text))
-
-
-def is_near_duplicate(words: frozenset[str], earlier: list[frozenset[str]], threshold: float = NEAR_DUPLICATE) -> bool:
-    if len(words) < 5:
-        return False
-    return any(o and len(words & o) / len(words | o) >= threshold for o in earlier)
 
 
 def repetition_problems(turns: list[Turn]) -> list[str]:
