@@ -76,9 +76,11 @@ def check_embedded(bcfg: BackendConfig) -> tuple[bool, str]:
 
 async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
     from personaloom.backends import create_backend
+    from personaloom.backends.openai_compat import OpenAIBackend
     from personaloom.replies import normalize
 
     backend = create_backend(bcfg)
+    assert isinstance(backend, OpenAIBackend)
     try:
         plain = ChatRequest(
             messages=[Message(role="user", content="Say hello in five words.")],
@@ -96,15 +98,14 @@ async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
         second = normalize((await backend.agenerate([structured]))[0], structured)
     finally:
         await backend.aclose()
-    mode = getattr(backend, "_mode", "?")
     json_ok = "yes" if second.ok else f"no ({second.error})"
     tokens = f"{first.usage.completion_tokens / elapsed:.1f} tok/s" if first.usage.reported and elapsed > 0 else (
         "tok/s unknown (no usage reported)")
-    adapted = getattr(backend, "adaptations", [])
+    adapted = backend.adaptations
     seed = "no (refused)" if any(" seed " in a for a in adapted) else "sent"
     notes = f"; adapted: {'; '.join(adapted)}" if adapted else ""
-    return True, f"{bcfg.model} at {backend.base_url if hasattr(backend, 'base_url') else '-'}, {tokens}, " \
-                 f"structured output {json_ok} via {mode}, seed {seed}{notes}"
+    return True, (f"{bcfg.model} at {backend.base_url}, {tokens}, structured output {json_ok} via "
+                  f"{backend.structured_mode}, seed {seed}{notes}")
 
 
 def check(bcfg: BackendConfig) -> tuple[bool, str]:

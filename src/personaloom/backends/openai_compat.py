@@ -290,6 +290,11 @@ class OpenAIBackend(Backend):
     def model_id(self) -> str:
         return str(self.cfg.model)
 
+    @property
+    def structured_mode(self) -> str:
+        """The structured-output form this server accepted last (json_schema, json_object or prompt)."""
+        return self._mode
+
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.cfg.model!r})"
 
