@@ -1,6 +1,9 @@
 """P-1: decode rate of the embedded model, raw vs through personaloom (backend + cache + executor).
 
-Raw: llama-cpp-python's `Llama.create_chat_completion` called directly. Through: `create_backend` +
+Raw: llama-cpp-python's `Llama.create_chat_completion` called directly, its state reset before each
+request (a fresh evaluation: what the embedded backend computes too, since it reuses only KV blocks that
+give the same result as a fresh evaluation; llama-cpp-python's own prefix reuse is not deterministic).
+Through: `create_backend` +
 `ResponseCache` (a fresh file each round, so no hits) + `LLM`. Same GGUF, threads, prompts, max_tokens,
 sampling and seeds, so both generate the same tokens (checked). Each request runs raw and through back
 to back, the order alternating, so that load from other processes hits both sides alike; rates are
@@ -48,6 +51,7 @@ def make_requests(n: int, max_tokens: int) -> list[ChatRequest]:
 
 def raw_one(llama: Any, r: ChatRequest) -> tuple[int, str]:
     p = r.params
+    llama.reset()
     out = llama.create_chat_completion(
         messages=[m.model_dump() for m in r.messages], temperature=p.temperature, top_k=p.top_k,
         top_p=p.top_p, max_tokens=p.max_tokens, stop=None, seed=p.seed,
