@@ -158,7 +158,8 @@ def test_run_seeded_from_descriptions_on_the_embedded_model(tmp_path: Path) -> N
     done = cli("run", "--seed-data", str(path), "--out", str(out), "--pairs", "2", "--iterations", "1",
                "--candidates", "2", "--set", "expand.personas=6", "--set", "expand.new_attributes=2",
                "--set", "expand.bootstrap_steps=0", "--set", "expand.max_clusters_for_questions=2",
-               "--set", "pair.threshold=0", "--set", "critic.mode=listwise", timeout=840)
+               "--set", "pair.threshold=0", "--set", "critic.mode=listwise", "--set", "generate.max_tokens=200",
+               "--set", "generate.few_shot=2", timeout=840)
     assert done.returncode == 0, done.stderr[-3000:]
     personas = read_jsonl(out / "personas.jsonl")
     assert len(personas) == 6 and all(p["attributes"][0].startswith("I am a") for p in personas)
