@@ -7,8 +7,11 @@ Every request is looked up in the cache first; a hit costs no call and comes bac
 Misses go to the backend one request at a time under one semaphore of `backend.max_concurrency`
 shared by all callers, so a server is kept at its concurrency with no per-batch barrier: a pair's
 critique can start while other pairs are still generating. Identical requests in flight at the same
-time are sent once. Each result is committed to the cache as it arrives and accounted with
-`stats.record_call(stage, result)`. A rich progress display per stage (done/total, ETA, tokens/s)
+time are sent once. Every result, fresh or cached, goes through `replies.normalize` (reasoning removed; an
+empty or reasoning-only answer is a failed call, and a cached row that fails it is a miss), is committed to
+the cache as it arrives (successes only) and accounted with `stats.record_call`; when the first DEAD_AFTER
+calls of an invocation all fail, BackendError stops the run with the last server message.
+A rich progress display per stage (done/total, ETA, tokens/s)
 shows on stderr when it is a terminal.
 """
 
@@ -156,7 +159,7 @@ class LLM:
         return normalize(results[0], request)
 
     def _account(self, request: ChatRequest, result: ChatResult) -> None:
-        """Stats, progress, and the dead-server check: every call of this invocation so far failed."""
+        """Stats and progress for one result; BackendError when the first DEAD_AFTER calls all failed."""
         self.stats.record_call(request.stage, result, request.metadata.get("id"))
         self._progress.finished(request.stage, result)
         if result.ok:
