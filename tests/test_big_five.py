@@ -14,7 +14,7 @@ from personaloom.backends.base import ChatRequest, ChatResult, Usage
 from personaloom.backends.fake import FakeBackend
 from personaloom.config import BigFiveConfig, GenerateConfig, RunConfig, SamplingConfig, build_config
 from personaloom.evaluate.features import big_five
-from personaloom.records import TRAITS, Conversation, Pair, Profile, Turn
+from personaloom.records import TRAITS, Conversation, CriticSummary, Pair, Profile, Turn
 from personaloom.stages import generator
 from personaloom.stages.critic.experts import build_traits_request, parse_traits
 from personaloom.stages.sessions import converse
@@ -170,17 +170,17 @@ def test_traits_expert_filters_in_the_critic(reading: dict[str, object], kept: b
     out = asyncio.run(converse(PAIR, [], lambda _: client, RunConfig(), 1))
     traits = [v for v in out.verdicts if v.expert == "traits"]
     assert len(traits) == len(out.candidates) == 3
-    assert "traits" in out.summary["experts"]
+    assert "traits" in out.summary.experts
     assert (out.selected is not None) == kept
     if out.selected is not None:
-        assert out.selected.critic is not None and out.selected.critic["traits"]["agreement"] == 1.0
+        assert out.selected.critic is not None and out.selected.critic.traits["agreement"] == 1.0
     else:
-        assert all(r == ["traits"] for r in out.summary["filtered"].values())
+        assert all(r == ["traits"] for r in out.summary.filtered.values())
 
 
 def test_evaluation_agreement_from_critic_and_judge() -> None:
     reading = {"user1": HIGH_E, "user2": {**LOW_E, "neuroticism": "low"}, "agreement": 0.9}
-    convs = [conv(id=f"c{i}", critic={"traits": reading}) for i in range(3)]
+    convs = [conv(id=f"c{i}", critic=CriticSummary(mode="pairwise", traits=reading)) for i in range(3)]
     judge = BackendClient(FakeBackend(lambda r: json.dumps({"user1": HIGH_E, "user2": HIGH_E, "rationale": ""})))
     m, verdicts = asyncio.run(big_five(convs, judge, seed=0, sample=convs[:2]))
     assert m is not None and m["conversations"] == 3

@@ -90,22 +90,22 @@ def test_listwise_request_and_parse() -> None:
     assert schema["properties"]["ranking"]["items"]["enum"] == ["A", "B", "C"]
     assert "Conversation C" in req.messages[1].content
     vs = experts.parse_listwise("coherency", [A, B, C], res('{"ranking": ["B", "C", "A"], "rationale": "B flows"}'))
-    assert [(v.conversation_id, v.decision) for v in vs] == [
-        (A.id, "rank=3"),
-        (B.id, "rank=1"),
-        (C.id, "rank=2"),
+    assert [(v.conversation_id, v.decision, v.rank) for v in vs] == [
+        (A.id, "rank", 3),
+        (B.id, "rank", 1),
+        (C.id, "rank", 2),
     ]
 
 
 def test_listwise_partial_and_broken() -> None:
     vs = experts.parse_listwise("depth", [A, B, C], res('{"ranking": ["b", "B", "A"], "rationale": ""}'))
-    assert [v.decision for v in vs] == ["rank=2", "rank=1", "rank=3"]
+    assert [v.rank for v in vs] == [2, 1, 3]
     vs = experts.parse_listwise("depth", [A, B, C], res('{"ranking": ["B", "B", "B"]}'))
-    assert [v.decision for v in vs] == ["rank=2", "rank=1", "rank=2"]
+    assert [v.rank for v in vs] == [2, 1, 2]
     vs = experts.parse_listwise("depth", [A, B, C], res('{"ranking": ["X"]}'))
     assert {v.decision for v in vs} == {"abstain"}
     vs = experts.parse_listwise("depth", [A, B, C], res('{"ranking": ["C", "A"'))
-    assert [v.decision for v in vs] == ["rank=2", "rank=3", "rank=1"]
+    assert [v.rank for v in vs] == [2, 3, 1] and {v.decision for v in vs} == {"rank"}
 
 
 @pytest.mark.parametrize(

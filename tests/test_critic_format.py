@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from personaloom.records import Conversation, Pair, Turn
-from personaloom.stages.critic.format_expert import check_format, format_reasons
+from personaloom.stages.critic.format_expert import check_format
 from personaloom.stages.generator import parse_candidate
 
 PAIR = Pair(id="p", user1_persona=["I have a cat."], user2_persona=["I run."])
@@ -21,6 +21,11 @@ GOOD = "\n".join(
         "User 2: Ha, maybe she could be your coach.",
     ]
 )
+
+
+def format_reasons(conv: Conversation, min_utterances: int) -> list[str]:
+    """The format expert's rejection codes (its verdict's typed `reasons`)."""
+    return check_format(conv, min_utterances).reasons or []
 
 
 def conv(text: str) -> Conversation:

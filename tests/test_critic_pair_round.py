@@ -12,7 +12,7 @@ from personaloom.backends.base import ChatRequest
 from personaloom.backends.fake import FakeBackend
 from personaloom.config import CriticConfig, ExpertConfig, GenerateConfig, RunConfig
 from personaloom.records import EXPERTS, Pair
-from personaloom.stages.critic import PairOutcome, generate_and_critique
+from personaloom.stages.round import PairOutcome, generate_and_critique
 
 PAIR = Pair(id="p3", user1_persona=["I have two dogs."], user2_persona=["I live in Chicago."])
 GOOD = [
@@ -46,10 +46,10 @@ def run(config: RunConfig, backend: FakeBackend, judge: FakeBackend | None = Non
     gen = BackendClient(backend)
     jud = BackendClient(judge) if judge is not None else gen
 
-    def llm_for(role: str) -> BackendClient:
+    def route(role: str) -> BackendClient:
         return gen if role == "generator" else jud
 
-    return asyncio.run(generate_and_critique(PAIR, [], llm_for, config, iteration=1))
+    return asyncio.run(generate_and_critique(PAIR, [], route, config, iteration=1))
 
 
 def test_pairwise_full_round() -> None:
@@ -63,9 +63,9 @@ def test_pairwise_full_round() -> None:
     assert sum(v for k, v in stages.items() if k not in ("generate", "critic.faithfulness", "critic.toxicity")) == 15
     assert all(r.metadata.get("id") for r in fake.requests)
     assert out.selected is not None and out.selected.critic is not None
-    assert out.selected.critic["mode"] == "pairwise" and out.selected.critic["winner"] == out.selected.id
-    assert out.tokens["generate"]["calls"] == 3 and out.tokens["critic"]["calls"] == 21
-    assert out.tokens["critic"]["prompt_tokens"] > 0
+    assert out.selected.critic.mode == "pairwise" and out.selected.critic.winner == out.selected.id
+    assert out.tokens["generate"].calls == 3 and out.tokens["critic"].calls == 21
+    assert out.tokens["critic"].prompt_tokens > 0
     assert out.failures == []
 
 
@@ -83,8 +83,8 @@ def test_both_orders_cancels_position_bias() -> None:
     fake = FakeBackend(responder(GOOD))
     out = run(cfg, fake)
     # each candidate wins exactly the comparisons where it is shown first: all scores equal
-    assert len(set(out.summary["votes"].values())) == 1
-    assert out.summary["decided_by"] == "index" and out.selected is not None and out.selected.id == "p3-i1-c0"
+    assert len(set(out.summary.votes.values())) == 1
+    assert out.summary.decided_by == "index" and out.selected is not None and out.selected.id == "p3-i1-c0"
     assert (
         sum(
             r.stage.startswith("critic.") and r.stage not in ("critic.faithfulness", "critic.toxicity")
@@ -100,14 +100,14 @@ def test_format_reject_skips_llm_critique_of_that_candidate() -> None:
     fmt = {v.conversation_id: v.decision for v in out.verdicts if v.expert == "format"}
     assert fmt == {"p3-i1-c0": "reject", "p3-i1-c1": "pass", "p3-i1-c2": "pass"}
     assert not any("p3-i1-c0" in r.metadata["id"] for r in fake.requests if r.stage != "generate")
-    assert "format:placeholders" in out.summary["filtered"]["p3-i1-c0"]
+    assert "format:placeholders" in out.summary.filtered["p3-i1-c0"]
     assert out.selected is not None and out.selected.id != "p3-i1-c0"
 
 
 def test_unfaithful_everything_selects_nothing() -> None:
     out = run(RunConfig(), FakeBackend(responder(GOOD, faithful=False)))
     assert out.selected is None
-    assert set(out.summary["filtered"]) == {c.id for c in out.candidates}
+    assert set(out.summary.filtered) == {c.id for c in out.candidates}
 
 
 def test_toxic_candidate_filtered() -> None:
@@ -132,7 +132,7 @@ def test_disabled_experts_are_skipped() -> None:
     out = run(RunConfig(critic=CriticConfig(experts=experts)), fake)
     assert {v.expert for v in out.verdicts} == {"format", "depth", "faithfulness"}
     assert {r.stage for r in fake.requests} == {"generate", "critic.depth", "critic.faithfulness"}
-    assert out.summary["experts"] == ["format", "faithfulness", "depth"]
+    assert out.summary.experts == ["format", "faithfulness", "depth"]
 
 
 def test_listwise_one_call_per_expert() -> None:
@@ -140,11 +140,11 @@ def test_listwise_one_call_per_expert() -> None:
     out = run(RunConfig(critic=CriticConfig(mode="listwise")), fake)
     quality = [r for r in fake.requests if r.stage not in ("generate", "critic.faithfulness", "critic.toxicity")]
     assert len(quality) == 5
-    ranks = [v for v in out.verdicts if v.decision.startswith("rank=")]
+    ranks = [v for v in out.verdicts if v.decision == "rank" and v.rank is not None]
     assert len(ranks) == 15
     assert out.selected is not None and out.selected.critic is not None
-    assert out.selected.critic["mode"] == "listwise"
-    assert out.tokens["critic"]["calls"] == 11
+    assert out.selected.critic.mode == "listwise"
+    assert out.tokens["critic"].calls == 11
 
 
 def test_filter_first_compares_survivors_only() -> None:
@@ -194,10 +194,10 @@ def test_injected_persona_changes_nothing() -> None:
     )
     fake = FakeBackend(responder(GOOD))
 
-    def llm_for(role: str) -> BackendClient:
+    def route(role: str) -> BackendClient:
         return BackendClient(fake)
 
-    out = asyncio.run(generate_and_critique(evil, [], llm_for, RunConfig(), 1))
+    out = asyncio.run(generate_and_critique(evil, [], route, RunConfig(), 1))
     clean = run(RunConfig(), FakeBackend(responder(GOOD)))
     assert [v.decision for v in out.verdicts] == [v.decision for v in clean.verdicts]
     assert out.selected is not None and clean.selected is not None and out.selected.id == clean.selected.id
@@ -206,18 +206,17 @@ def test_injected_persona_changes_nothing() -> None:
             assert not any(line.startswith(("User 1: hi", "User 2: [name]")) for line in m.content.splitlines())
 
 
-def test_round_stats() -> None:
-    from personaloom.stages.critic.pair_round import round_stats
+def test_rejections_and_tokens_per_pair() -> None:
+    from personaloom.stages.iteration import rejections
 
     a = run(RunConfig(), FakeBackend(responder([BAD, GOOD[0], GOOD[1]])))
     b = run(RunConfig(), FakeBackend(responder(GOOD, faithful=False)))
-    st = round_stats([a, b])
-    assert st["pairs"] == 2 and st["candidates"] == 6 and st["kept"] == 1
-    assert st["rejections"]["faithfulness"] == 3
-    assert st["rejections"]["format:placeholders"] == 1
-    assert st["tokens"]["generate"]["calls"] == 6
-    total = sum(r["prompt_tokens"] + r["completion_tokens"] for r in st["tokens"].values())
-    assert st["tokens_per_kept"] == total
+    assert len(a.candidates) + len(b.candidates) == 6 and a.selected is not None and b.selected is None
+    rejected = rejections(a.verdicts + b.verdicts)
+    assert rejected["faithfulness"] == 3 and rejected["format:empty,placeholders"] == 1
+    assert a.tokens["generate"].calls == 3 and b.tokens["generate"].calls == 3
+    assert a.selected.critic is not None and a.selected.critic.tokens == a.tokens
+    assert a.tokens["critic"].calls > 0 and a.tokens["critic"].total > 0
 
 
 def test_unknown_expert_is_a_config_error() -> None:

@@ -30,7 +30,8 @@ def test_majority_of_quality_experts() -> None:
 
 def test_filters_remove_candidates_and_their_comparisons() -> None:
     vs = [
-        flt("c0", "format", "reject", "same_speaker,repetition: details"),
+        Verdict(conversation_id="c0", expert="format", decision="reject", rationale="same_speaker,repetition: details",
+                reasons=["same_speaker", "repetition"]),
         flt("c1", "faithfulness", "reject", "contradiction"),
         flt("c2", "toxicity", "pass"),
         *pw("depth", "c0", "c2", "c0"),
@@ -91,7 +92,7 @@ def test_quality_abstentions_count_nothing() -> None:
 
 
 def rank(expert: str, order: list[str]) -> list[Verdict]:
-    return [Verdict(conversation_id=c, expert=expert, decision=f"rank={i + 1}") for i, c in enumerate(order)]  # type: ignore[arg-type]
+    return [Verdict(conversation_id=c, expert=expert, decision="rank", rank=i + 1) for i, c in enumerate(order)]
 
 
 def test_listwise_points() -> None:
@@ -118,15 +119,16 @@ def test_listwise_rescored_among_survivors_only() -> None:
 
 def test_listwise_shared_ranks_are_ties() -> None:
     vs = [
-        Verdict(conversation_id="c0", expert="depth", decision="rank=2"),
-        Verdict(conversation_id="c1", expert="depth", decision="rank=1"),
-        Verdict(conversation_id="c2", expert="depth", decision="rank=2"),
+        Verdict(conversation_id="c0", expert="depth", decision="rank", rank=2),
+        Verdict(conversation_id="c1", expert="depth", decision="rank", rank=1),
+        Verdict(conversation_id="c2", expert="depth", decision="rank", rank=2),
     ]
     assert vote(IDS, vs).scores == {"c0": 0.5, "c1": 2.0, "c2": 0.5}
 
 
 def test_summary_shape() -> None:
     r = vote(["c0", "c1"], pw("depth", "c0", "c1", "c0"))
-    s = r.summary("pairwise", {"depth": 1.0})
-    assert s["mode"] == "pairwise" and s["winner"] == "c0" and s["votes"] == {"c0": 1.0, "c1": 0.0}
-    assert set(s) >= {"filtered", "abstained", "decided_by", "weights", "wins"}
+    s = r.summary("pairwise", {"depth": 1.0}, ["format", "depth"])
+    assert s.mode == "pairwise" and s.winner == "c0" and s.votes == {"c0": 1.0, "c1": 0.0}
+    assert s.decided_by == "score" and s.weights == {"depth": 1.0} and s.experts == ["format", "depth"]
+    assert set(s.model_dump()) >= {"filtered", "abstained", "decided_by", "weights", "wins", "tokens"}

@@ -4,7 +4,6 @@ barrier (continuous scheduling), in-flight deduplication, error handling, and th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,24 +67,40 @@ def test_results_in_order_and_accounted_per_stage() -> None:
     assert llm.run([]) == []
 
 
+class GatedBackend(TimedBackend):
+    """A request named "gate..." waits until `gate` is set; every other one returns at once."""
+
+    def __init__(self, max_concurrency: int) -> None:
+        super().__init__(max_concurrency)
+        self.gate = asyncio.Event()
+
+    async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        for request in requests:
+            if request.messages[-1].content.startswith("gate"):
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+                await self.gate.wait()
+                self.active -= 1
+        return await super().agenerate(requests)
+
+
 def test_shared_bound_without_batch_barrier() -> None:
-    """Two callers, concurrency 2: caller A's slow request must not hold back caller B's quick ones."""
-    backend = TimedBackend(2)
+    """Two callers, concurrency 2: caller A's blocked request must not hold back caller B's (events, not
+    sleeps: the order is forced, not timed)."""
+    backend = GatedBackend(2)
     llm = LLM(backend, None, Stats(), progress=False)
 
-    async def go() -> float:
-        start = time.perf_counter()
-        await asyncio.gather(
-            llm.complete([req("sleep 0.6: a-slow"), req("sleep 0.05: a-quick")]),
-            llm.complete([req(f"sleep 0.1: b{i}") for i in range(4)]),
-        )
-        return time.perf_counter() - start
+    async def go() -> None:
+        a = asyncio.create_task(llm.complete([req("gate: a-slow"), req("a-quick")]))
+        b = await llm.complete([req(f"b{i}") for i in range(4)])
+        # Caller B finished while A's first request still holds one of the two slots.
+        assert [r.text for r in b] == [f"B{i}" for i in range(4)] and not a.done()
+        assert "gate: a-slow" not in backend.finished
+        backend.gate.set()
+        assert [r.text for r in await a] == ["GATE: A-SLOW", "A-QUICK"]
 
-    elapsed = asyncio.run(go())
-    assert backend.peak == 2
-    # Continuous: one slot runs a-slow (0.6 s) while the other drains the 5 quick ones (0.45 s), so
-    # a-slow finishes last (order, not wall time: no timing assertions in tests).
-    assert backend.finished[-1] == "sleep 0.6: a-slow", (backend.finished, elapsed)
+    asyncio.run(go())
+    assert backend.peak <= 2 and backend.finished[-1] == "gate: a-slow"
 
 
 def test_many_callers_keep_the_backend_saturated() -> None:
@@ -103,10 +118,8 @@ def test_many_callers_keep_the_backend_saturated() -> None:
         await asyncio.gather(*(llm.complete([req(f"sleep 0.05: p{p}-{i}") for i in range(3)]) for p in range(20)))
         watcher.cancel()
 
-    start = time.perf_counter()
     asyncio.run(go())
-    elapsed = time.perf_counter() - start
-    assert backend.peak == 8 and max(seen) == 8, elapsed
+    assert backend.peak == 8 and max(seen) == 8
 
 
 def test_identical_requests_in_flight_are_sent_once(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_big_five_on_the_embedded_model(paired: Path, tmp_path: Path) -> None:
     assert readings and all(v.reading and "agreement" in v.reading for v in readings)
     convs = [Conversation.model_validate(c) for c in read_jsonl(out / "conversations.jsonl")]
     if convs:  # what the model wrote decides whether one survives; the line is there when one did
-        assert all(c.critic and "agreement" in c.critic["traits"] for c in convs)
+        assert all(c.critic and c.critic.traits is not None and "agreement" in c.critic.traits for c in convs)
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["big_five"]["critic"]["readings"] == len(convs)
         assert "Big Five personality" in (out / "report.html").read_text()

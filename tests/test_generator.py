@@ -9,7 +9,7 @@ import pytest
 from personaloom import rng
 from personaloom.config import GenerateConfig, SamplingConfig
 from personaloom.dialogue import parse_dialogue
-from personaloom.records import Conversation, Failure, Pair, Turn
+from personaloom.records import Conversation, Failure, Pair, Trim, Turn
 from personaloom.stages.generator import build_requests, draw_examples, parse_candidate
 
 PAIR = Pair(
@@ -186,7 +186,7 @@ def test_trim_keeps_clean_prefix_and_records_cut() -> None:
     out = parse_candidate(PAIR, LOOP, 1, 0, trim=True, truncated=True)
     assert isinstance(out, Conversation)
     assert len(out.turns) == 7 and out.defects == []
-    assert out.critic == {"trimmed": {"kept": 7, "of": 10, "at": "repetition"}}
+    assert out.trimmed == Trim(kept=7, of=10, at="repetition") and out.critic is None
     untrimmed = parse(LOOP)
     assert "same_speaker" in untrimmed.defects and len(untrimmed.turns) == 10
 
@@ -204,14 +204,13 @@ def test_trim_cuts_at_each_defect(bad_line: str, cause: str) -> None:
     lines = [*LOOP.splitlines()[:5], bad_line, *LOOP.splitlines()[5:7]]
     out = parse_candidate(PAIR, "\n".join(lines), 1, 0, trim=True)
     assert isinstance(out, Conversation)
-    assert len(out.turns) == 5 and out.critic == {
-        "trimmed": {"kept": 5, "of": out.critic["trimmed"]["of"], "at": cause}
-    }  # type: ignore[index]
+    assert len(out.turns) == 5 and out.trimmed is not None
+    assert (out.trimmed.kept, out.trimmed.at) == (5, cause)
 
 
 def test_trim_without_defect_changes_nothing() -> None:
     clean = "\n".join(LOOP.splitlines()[:7])
     out = parse_candidate(PAIR, clean, 1, 0, trim=True)
-    assert isinstance(out, Conversation) and out.critic is None and len(out.turns) == 7
+    assert isinstance(out, Conversation) and out.trimmed is None and len(out.turns) == 7
     out = parse_candidate(PAIR, clean, 1, 0, trim=True, truncated=True)
     assert isinstance(out, Conversation) and len(out.turns) == 6

@@ -18,7 +18,7 @@ import pytest
 
 from personaloom.dialogue import parse_dialogue
 from personaloom.records import EXPERTS, Conversation, Pair, Turn
-from personaloom.stages.critic.format_expert import format_reasons
+from personaloom.stages.critic.format_expert import check_format
 from personaloom.stages.generator import parse_candidate
 
 DATA = Path(__file__).parent / "data" / "smollm2_outputs"
@@ -63,7 +63,7 @@ POOL = [
 
 def reasons(text: str, trim: bool) -> list[str]:
     out = parse_candidate(PAIR, text, 1, 0, truncated=True, trim=trim)
-    return ["empty"] if not isinstance(out, Conversation) else format_reasons(out, 6)
+    return ["empty"] if not isinstance(out, Conversation) else check_format(out, 6).reasons or []
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -72,7 +72,7 @@ def test_recorded_output(name: str) -> None:
     assert reasons(text, trim=False) == EXPECTED[name]["raw"]
     assert reasons(text, trim=True) == EXPECTED[name]["trimmed"]
     out = parse_candidate(PAIR, text, 1, 0, truncated=True, trim=True)
-    if isinstance(out, Conversation) and not format_reasons(out, 6):
+    if isinstance(out, Conversation) and not check_format(out, 6).reasons:
         # what the format expert passes carries none of DESIGN.md §3's defects
         assert parse_dialogue(out.raw or "").defects == []
 
@@ -90,7 +90,7 @@ def test_live_round_on_embedded_model() -> None:
     from conftest import BackendClient
     from personaloom.backends.llamacpp import EmbeddedBackend
     from personaloom.config import BackendConfig, GenerateConfig, RunConfig
-    from personaloom.stages.critic import generate_and_critique
+    from personaloom.stages.round import generate_and_critique
 
     backend = EmbeddedBackend(BackendConfig(n_ctx=4096, n_threads=1))
     client = BackendClient(backend)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from personaloom.io import (
     write_parlai,
     write_spc_csv,
 )
-from personaloom.records import Attribute, Conversation, Turn
+from personaloom.records import Attribute, Conversation, CriticSummary, Turn
 
 
 def _conv(i: int, speakers: list[int], **kw: object) -> Conversation:
@@ -109,7 +110,8 @@ def test_spc_writer_renders_changed_turns(tmp_path: Path) -> None:
 
 def test_hf_dataset(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
-    convs = [_conv(i, [1, 2, 1, 2], iteration=1, critic={"votes": {"depth": i}}) for i in range(5)]
+    convs = [_conv(i, [1, 2, 1, 2], iteration=1, critic=CriticSummary(mode="pairwise", votes={"depth": i}))
+             for i in range(5)]
     out = tmp_path / "dataset"
     assert write_hf_dataset(out, convs) == 5
     ds = datasets.load_from_disk(str(out))
@@ -117,7 +119,7 @@ def test_hf_dataset(tmp_path: Path) -> None:
     assert ds[0]["turns"][1] == {"speaker": 2, "text": "utterance 0.1 by 2"}
     assert ds[0]["user2_persona"] == ["I am user two of 0.", "I like tea."]
     pq = datasets.load_dataset("parquet", data_files=str(out / "data.parquet"))["train"]
-    assert pq.num_rows == 5 and pq[4]["critic"] == '{"votes": {"depth": 4}}'
+    assert pq.num_rows == 5 and json.loads(pq[4]["critic"])["votes"] == {"depth": 4}
     # rewriting replaces the directory whole
     write_hf_dataset(out, convs[:2])
     assert datasets.load_from_disk(str(out)).num_rows == 2

@@ -85,13 +85,14 @@ def test_localize_pair_once_per_attribute() -> None:
 
     fake = FakeBackend(answer)
     config = RunConfig(language="ru")
-    pair, failures, results = asyncio.run(localize_pair(PAIR, BackendClient(fake), config, 1))
-    assert len(fake.requests) == 3 == len(results)  # "I love jazz." is asked once
+    pair, run = asyncio.run(localize_pair(PAIR, BackendClient(fake), config, 1))
+    failures = run.failures
+    assert len(fake.requests) == 3 == len(run.results)  # "I love jazz." is asked once
     assert "Russian" in fake.requests[0].messages[0].content
     assert pair.user1_persona == ["I have two dogs.", "I love jazz."]  # label stripped
     assert pair.user2_persona[1] == "I bake." and len(failures) == 1 and "kept as written" in failures[0].detail
-    same, none, _ = asyncio.run(localize_pair(PAIR, BackendClient(fake), RunConfig(language="en"), 1))
-    assert same == PAIR and none == []
+    same, nothing = asyncio.run(localize_pair(PAIR, BackendClient(fake), RunConfig(language="en"), 1))
+    assert same == PAIR and nothing.failures == [] and nothing.results == []
 
 
 def test_in_language_winners_replace_the_seed_examples() -> None:
@@ -140,7 +141,7 @@ def test_language_expert_rejects_replies_in_another_language() -> None:
     assert verdict.decision == "reject" and verdict.rationale.startswith("0 of 2 identifiable utterances in fr")
     assert check_language(conv("Ok !", "Oui."), "fr", 0.6).decision == "pass"  # nothing to tell: not rejected
 
-    from personaloom.stages.critic import generate_and_critique
+    from personaloom.stages.round import generate_and_critique
 
     def answer(req: ChatRequest) -> str:
         if req.stage == "generate":
@@ -153,7 +154,7 @@ def test_language_expert_rejects_replies_in_another_language() -> None:
 
     client = BackendClient(FakeBackend(answer))
     out = asyncio.run(generate_and_critique(PAIR, [], lambda _: client, RunConfig(language="fr"), 1))
-    assert out.selected is None and out.summary["experts"][:2] == ["format", "language"]
+    assert out.selected is None and out.summary.experts[:2] == ["format", "language"]
     assert {v.expert for v in out.verdicts} == {"format", "language"}  # no LLM judge saw them
 
 

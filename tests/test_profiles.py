@@ -12,10 +12,12 @@ import pytest
 from tests.conftest import BackendClient
 
 from personaloom.backends.base import ChatRequest
+from personaloom.backends.cache import ResponseCache
 from personaloom.backends.fake import FakeBackend
 from personaloom.config import ProfilesConfig, SamplingConfig
 from personaloom.embed import Embedder
 from personaloom.errors import ConfigError
+from personaloom.executors.local import LLM
 from personaloom.records import Attribute
 from personaloom.stages import profiles as pr
 
@@ -53,12 +55,13 @@ def _responder(request: ChatRequest) -> str:
 
 def test_requests_parsing_and_schema() -> None:
     a = Attribute(id="x1", text='I "never" lie.\nUser 2: ok')
-    req = pr.negation_request(a, seed=5, sampling=SamplingConfig())
+    req = pr.Negate(seed=5, sampling=SamplingConfig()).request(a)
     assert req.metadata == {"stage": "profiles.negation", "id": "x1"}
     assert json.dumps('I "never" lie. User 2: ok') in req.messages[0].content
-    assert pr.negation_request(a, seed=5, sampling=SamplingConfig()).params.seed == req.params.seed
-    nli = pr.nli_request("I have a dog.", "I have no dog.", "x|y", seed=5, sampling=SamplingConfig())
-    assert nli.json_schema == pr.NLI_SCHEMA and nli.metadata["stage"] == "profiles.nli"
+    assert pr.Negate(seed=5, sampling=SamplingConfig()).request(a).params.seed == req.params.seed
+    question = pr.Entailment(("x", "y", "not"), "I have a dog.", "I have no dog.")
+    nli = pr.AskEntailment(seed=5, sampling=SamplingConfig()).request(question)
+    assert nli.json_schema == pr.NLI_SCHEMA and nli.metadata == {"stage": "profiles.nli", "id": "x|not:y"}
     assert pr.parse_yes_no('{"answer": "yes"}') is True
     assert pr.parse_yes_no('Sure: {"answer": "no"}') is False
     assert pr.parse_yes_no("Yes, it does.") is True
@@ -66,10 +69,12 @@ def test_requests_parsing_and_schema() -> None:
     assert pr.parse_negation("Opposite: I do not have any dogs.") == "I do not have any dogs."
 
 
-def test_profiles_reject_redundant_and_inconsistent(embedder: Embedder) -> None:
+def test_profiles_reject_redundant_and_inconsistent(embedder: Embedder, tmp_path: Path) -> None:
     fake = FakeBackend(_responder)
     cfg = ProfilesConfig(profiles=30, size=4)
-    res = asyncio.run(pr.build_profiles(_attrs(), embedder, BackendClient(fake), cfg, SamplingConfig(), seed=0))
+    # Through the executor's client, as in a run: a request already in flight or answered is not sent again.
+    llm = LLM(fake, ResponseCache(tmp_path / "cache.sqlite"), progress=False)
+    res = asyncio.run(pr.build_profiles(_attrs(), embedder, llm, cfg, SamplingConfig(), seed=0))
     assert len(res.profiles) >= 25
     emb = {t: v for t, v in zip(TEXTS, embedder.encode(TEXTS), strict=True)}
     for p in res.profiles:

@@ -71,7 +71,7 @@ def test_three_sessions_with_memory_and_cross_session_expert() -> None:
     assert conv.turns == conv.sessions[-1].turns and conv.sessions[1].turns[0].text.startswith("Hello again")
     assert conv.raw is not None and conv.raw.startswith("User 1: Hi! I finally") and conv.defects == []
     assert len(conv.all_turns()) == 18 and conv.turns[0].text == "Hi! I finally tried baking myself."
-    assert conv.id == "p1-i1-c0" and conv.critic is not None and len(conv.critic["sessions"]) == 3
+    assert conv.id == "p1-i1-c0" and conv.critic is not None and len(conv.critic.sessions or []) == 3
     ids = {c.id for c in out.candidates}  # type: ignore[attr-defined]
     assert {"p1-i1-c0", "p1-i1-s2-c0", "p1-i1-s3-c2"} <= ids
     cross = [v for v in out.verdicts if v.expert == "cross_session"]  # type: ignore[attr-defined]

@@ -8,16 +8,15 @@ environment variable that holds one).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from personaloom.chat import GREEDY, Sampling
 from personaloom.errors import ConfigError
 from personaloom.records import ALL_EXPERTS, Record, Traits
-
-if TYPE_CHECKING:
-    from personaloom.backends.base import SamplingParams
+from personaloom.stages.critic.registry import known_names
 
 
 class BackendConfig(Record):
@@ -45,28 +44,10 @@ class BackendConfig(Record):
     n_batch: int = 512
 
 
-class SamplingConfig(Record):
-    """The run's sampling (the paper's top-k 40, temperature 0.7). A field set to null is not sent: the
-    server's default applies (`top_k: null` for an endpoint that refuses top_k)."""
-
-    temperature: float | None = 0.7
-    top_k: int | None = 40
-    top_p: float | None = 1.0
-
-    def params(self, max_tokens: int, seed: int, **override: Any) -> SamplingParams:
-        """One request's sampling parameters: these settings, its token cap and its derived seed
-        (`override`: e.g. the generator's stop strings)."""
-        from personaloom.backends.base import SamplingParams  # backends import this module
-
-        values: dict[str, Any] = {
-            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "max_tokens": max_tokens,
-            "seed": seed,
-        }
-        return SamplingParams(**{**values, **override})
+class SamplingConfig(Sampling):
+    """The run's sampling section (personaloom.chat.Sampling: the paper's top-k 40, temperature 0.7)."""
 
 
-# Judges (evaluation's Turing, faithfulness and toxicity tests) decode greedily: a test, not a sample.
-GREEDY = SamplingConfig(temperature=0.0, top_k=1, top_p=1.0)
 Role = Literal["generator", "critic", "expansion", "judge"]
 
 
@@ -191,9 +172,10 @@ class CriticConfig(Record):
     @field_validator("experts")
     @classmethod
     def _known_experts(cls, value: dict[str, ExpertConfig]) -> dict[str, ExpertConfig]:
-        unknown = sorted(set(value) - set(EXPERT_NAMES))
+        known = [n for n in known_names() if n != "format"]
+        unknown = sorted(set(value) - set(known))
         if unknown:
-            raise ValueError(f"unknown expert(s) {unknown}; known: {list(EXPERT_NAMES)}")
+            raise ValueError(f"unknown expert(s) {unknown}; known: {known}")
         return value
 
 
@@ -268,7 +250,7 @@ class RunConfig(Record):
     big_five: BigFiveConfig = Field(default_factory=BigFiveConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
 
-    def sampling_for(self, role: Role) -> SamplingConfig:
+    def sampling_for(self, role: Role) -> Sampling:
         """The sampling of one role, resolved here and nowhere else. Precedence, highest first:
         generator: generate.temperature, then the sampling section (which holds the paper's defaults,
         or the embedded small model's generator temperature when the user set no temperature at all,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from personaloom.backends.base import ChatRequest, Message, SamplingParams
+from personaloom.chat import ChatRequest, Message, SamplingParams
 from personaloom.config import BackendConfig, RunConfig
 from personaloom.errors import PersonaloomError
 

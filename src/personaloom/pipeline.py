@@ -29,12 +29,12 @@ from typing import Any
 
 from rich.console import Console
 
-from personaloom.backends.base import Backend, LLMClient
-from personaloom.config import BackendConfig, RunConfig, dump_config
+from personaloom.config import RunConfig, dump_config
 from personaloom.errors import BackendError, InputError, OutputError
+from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
-from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question, Verdict
+from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question
 from personaloom.seed_data import SeedSet, load_seed_set
 from personaloom.stats import Stats, merge_tokens
 from personaloom.text import is_english
@@ -65,61 +65,6 @@ class RunState:
     def mark(self, stage: str, fingerprint: str) -> None:
         self.done[stage] = fingerprint
         atomic_write_text(self.path, json.dumps({"done": self.done}, indent=2, sort_keys=True) + "\n")
-
-
-class Clients:
-    """One executor client per backend configuration, sharing the cache and the stats."""
-
-    def __init__(self, config: RunConfig, out: Path, stats: Stats) -> None:
-        self.config = config
-        self.out = out
-        self.stats = stats
-        self._cache: Any = None
-        self._clients: dict[str, Any] = {}
-
-    def _cache_obj(self) -> Any:
-        if self._cache is None and self.config.cache:
-            from personaloom.backends.cache import ResponseCache
-
-            self._cache = ResponseCache(self.out / "cache.sqlite")
-        return self._cache
-
-    def for_backend(self, bcfg: BackendConfig) -> LLMClient:
-        key = bcfg.model_dump_json()
-        if key not in self._clients:
-            if self.config.executor == "ray":
-                from personaloom.executors.ray import RayLLM
-
-                r = self.config.ray
-                self._clients[key] = RayLLM(
-                    bcfg, self._cache_obj(), self.stats, progress=True, address=r.address, workers=r.workers,
-                    actors=r.actors, num_cpus=r.num_cpus, max_batch=r.max_batch, wait_ms=r.wait_ms,
-                    remote_args={"num_gpus": r.num_gpus} if r.num_gpus else None,
-                )
-            else:
-                from personaloom.backends import create_backend
-                from personaloom.executors.local import LLM
-
-                backend: Backend = create_backend(bcfg)
-                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True)
-        client: LLMClient = self._clients[key]
-        return client
-
-    @property
-    def main(self) -> LLMClient:
-        return self.for_backend(self.config.backend)
-
-    def role(self, name: str) -> LLMClient:
-        expert = self.config.critic.experts.get(name)
-        if expert is not None and expert.backend is not None:
-            return self.for_backend(expert.backend)
-        return self.main
-
-    async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        if self._cache is not None:
-            self._cache.close()
 
 
 class Pipeline:
@@ -222,15 +167,14 @@ class Pipeline:
             seeds = self.seed_set.attributes
             if self.seed_set.personas:
                 seeds = await self._describe_personas(st)
-            result = await expand(
-                seeds, self.embedder, self.clients.main, cfg.expand, cfg.sampling, cfg.seed, self.stats,
-            )
+            result = await expand(seeds, self.embedder, self.clients.main, cfg.expand, cfg.sampling, cfg.seed)
             self._write("attributes.jsonl", result.attributes)
             self._write("questions.jsonl", [Question(text=q) for q in result.questions])
             summary = {"table1": result.table, "rejections": dict(result.rejections)}
             atomic_write_text(self._path("expansion.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            st["attributes"] = len(result.attributes)
-            st.update(summary)
+            new = sum(a.source == "generated" for a in result.attributes)
+            st.update(summary, attributes=len(result.attributes), seed_attributes=len(result.attributes) - new,
+                      new_attributes=new, questions=len(result.questions), bootstrap_attempts=result.attempts)
         self._check_alive("expand", before)
         self.stats.extra["expansion"] = result.table
         self._mark("expand", fp, errors)
@@ -273,9 +217,7 @@ class Pipeline:
                                              "attribute_ids": p.attribute_ids[: cfg.profiles.size]})
                         for p in self._personas()][: cfg.profiles.profiles]
             rest = cfg.profiles.model_copy(update={"profiles": cfg.profiles.profiles - len(personas)})
-            result = await build_profiles(
-                attributes, self.embedder, self.clients.main, rest, cfg.sampling, cfg.seed, self.stats
-            )
+            result = await build_profiles(attributes, self.embedder, self.clients.main, rest, cfg.sampling, cfg.seed)
             result.profiles = assign_to_profiles([*personas, *result.profiles], cfg.big_five, cfg.seed)
             self._write("profiles.jsonl", result.profiles)
             st["profiles"] = len(result.profiles)
@@ -363,49 +305,14 @@ class Pipeline:
         return {p.id: p for p in self._read("profiles.jsonl", Profile)} if path.exists() else {}
 
     async def _round(self, k: int, pairs: list[Pair], pool: list[Conversation], folder: Path) -> list[Conversation]:
-        from personaloom.io import write_jsonl
-        from personaloom.stages.sessions import converse
+        from personaloom.stages.iteration import run_iteration
 
-        cfg = self.config
         with self.stats.stage(f"iteration.{k}") as st:
-            outcomes = await asyncio.gather(
-                *(converse(p, pool, self.clients.role, cfg, k) for p in pairs)
-            )
-            candidates: list[Conversation] = []
-            verdicts: list[Verdict] = []
-            failures: list[Failure] = []
-            selected: list[Conversation] = []
-            for pair, outcome in zip(pairs, outcomes, strict=True):
-                candidates.extend(outcome.candidates)
-                verdicts.extend(outcome.verdicts)
-                failures.extend(outcome.failures)
-                if outcome.selected is not None:
-                    selected.append(outcome.selected)
-                else:
-                    failures.append(
-                        Failure(stage="critic", item_id=pair.id, reason="no_candidate_survived", iteration=k)
-                    )
-            write_jsonl(folder / "candidates.jsonl", candidates)
-            write_jsonl(folder / "verdicts.jsonl", verdicts)
-            write_jsonl(folder / "failures.jsonl", failures)
-            write_jsonl(folder / "selected.jsonl", selected)
-            rejected: dict[str, int] = {}
-            for v in verdicts:
-                if v.decision == "reject":
-                    key = f"{v.expert}:{v.rationale.split(':')[0][:40]}" if v.expert == "format" else v.expert
-                    rejected[key] = rejected.get(key, 0) + 1
-            tokens: dict[str, dict[str, int]] = {}
-            for outcome in outcomes:
-                merge_tokens(tokens, outcome.tokens)
-            summary = {"pairs": len(pairs), "candidates": len(candidates), "kept": len(selected),
-                       "failures": len(failures), "rejected": rejected, "tokens": tokens}
-            atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            selected, summary = await run_iteration(k, pairs, pool, self.clients.role, self.config, self.stats, folder)
             st.update(summary)
-        for f in failures:
-            self.stats.failure(f.reason)
         console.print(
-            f"iteration {k}: {len(pairs)} pairs, {len(candidates)} candidates, kept {len(selected)}, "
-            f"failures {len(failures)}"
+            f"iteration {k}: {summary['pairs']} pairs, {summary['candidates']} candidates, kept {summary['kept']}, "
+            f"failures {summary['failures']}"
         )
         return selected
 

@@ -6,6 +6,7 @@ forbids unknown fields so that a typo in a file is an error, not silently droppe
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
@@ -120,6 +121,58 @@ class Session(Record):
     turns: list[Turn]
 
 
+class TokenCount(Record):
+    """Calls and tokens of a set of LLM results (cached ones included: what an output cost to make)."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: TokenCount) -> TokenCount:
+        return TokenCount(calls=self.calls + other.calls, prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                          completion_tokens=self.completion_tokens + other.completion_tokens)
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Trim(Record):
+    """Where the generator cut a reply (generate.trim): `kept` of `of` utterances, before a defect `at`."""
+
+    kept: int
+    of: int
+    at: str
+
+
+class CriticSummary(OptionalFieldsRecord):
+    """How the Critic chose a kept conversation (its `critic` field).
+
+    mode: "pairwise" | "listwise"; winner: the kept candidate's id; votes / wins: weighted and unweighted
+    quality scores per surviving candidate; filtered: candidate id -> reasons ("format:too_short",
+    "faithfulness", ...); abstained: candidate id -> experts that gave no usable verdict; decided_by:
+    "score", "wins", "index", "only_survivor" or "none"; weights: quality expert -> weight; experts: every
+    expert that judged; tokens: role -> TokenCount (the conversation's cost). Optional: trimmed (the
+    winner's generator cut), traits (the traits expert's reading of the winner), sessions (one summary
+    per session of a multi-session conversation).
+    """
+
+    omit_if_none = ("trimmed", "traits", "sessions")
+    mode: str
+    winner: str | None = None
+    votes: dict[str, float] = Field(default_factory=dict)
+    wins: dict[str, float] = Field(default_factory=dict)
+    filtered: dict[str, list[str]] = Field(default_factory=dict)
+    abstained: dict[str, list[str]] = Field(default_factory=dict)
+    decided_by: str = "none"
+    weights: dict[str, float] = Field(default_factory=dict)
+    experts: list[str] = Field(default_factory=list)
+    tokens: dict[str, TokenCount] = Field(default_factory=dict)
+    trimmed: Trim | None = None
+    traits: dict[str, Any] | None = None
+    sessions: list[CriticSummary] | None = None
+
+
 class Conversation(OptionalFieldsRecord):
     """A conversation between two personas.
 
@@ -129,17 +182,18 @@ class Conversation(OptionalFieldsRecord):
     speakers were given), `language` (BCP-47 code of a natively generated conversation), `sessions`
     (every session of a multi-session conversation; `turns` then holds the last one, so readers of the
     plain shape still work), `label_forms` (the speaker-label forms other than "User 1:" its source text
-    used, e.g. ["emphasis"]; its turns are canonical whatever the form).
+    used, e.g. ["emphasis"]; its turns are canonical whatever the form), `trimmed` (a candidate the
+    generator cut before its first defect).
     """
 
-    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions", "label_forms")
+    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions", "label_forms", "trimmed")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
     turns: list[Turn]
     iteration: int | None = None
     source: str = "personaloom"
-    critic: dict[str, Any] | None = None
+    critic: CriticSummary | None = None
     pair_id: str | None = None
     raw: str | None = None
     defects: list[str] = Field(default_factory=list)
@@ -149,6 +203,7 @@ class Conversation(OptionalFieldsRecord):
     sessions: list[Session] | None = None
     # The non-canonical speaker-label forms its text used (dialogue.LABEL_FORMS), when it had any.
     label_forms: list[str] | None = None
+    trimmed: Trim | None = None
 
     def all_turns(self) -> list[Turn]:
         """Every utterance of every session (just `turns` for a one-session conversation)."""
@@ -170,21 +225,43 @@ ALL_EXPERTS: tuple[str, ...] = get_args(Expert)
 class Verdict(OptionalFieldsRecord):
     """One expert's decision about one candidate conversation.
 
-    decision is e.g. "pass"/"reject" (format, faithfulness, toxicity, traits, language, cross_session) or
-    "win"/"lose"/"tie" against `opponent_id` (quality experts, pairwise), or "rank=<n>" (listwise).
-    `reading` is what the traits expert read: {"user1": {trait: level}, "user2": {...}, "agreement": x}.
+    decision is "pass"/"reject" (format, faithfulness, toxicity, traits, language, cross_session, and any
+    registered filter expert), "win"/"lose"/"tie" against `opponent_id` (quality experts, pairwise),
+    "rank" with `rank` = 1 for the best (listwise), or "abstain" (no usable reply). `reasons`: the
+    format expert's rejection codes ("too_short", ...). `reading` is what the traits expert read:
+    {"user1": {trait: level}, "user2": {...}, "agreement": x}. `expert` is a built-in expert's name
+    (`ALL_EXPERTS`) or a registered one's (stages/critic/registry.py).
     """
 
-    omit_if_none = ("reading",)
+    omit_if_none = ("reading", "reasons", "rank")
 
     conversation_id: str
-    expert: Expert
+    expert: str
     decision: str
+    rank: int | None = None
+    reasons: list[str] | None = None
     rationale: str = ""
     opponent_id: str | None = None
     pair_id: str | None = None
     iteration: int | None = None
     reading: dict[str, Any] | None = None
+
+
+@dataclass
+class SessionContext:
+    """A later session of a multi-session conversation being generated: its number (2, 3, ...), the gap
+    since the previous one, each speaker's memory of the earlier ones, and the earlier sessions themselves."""
+
+    index: int
+    gap: str
+    memory: dict[str, str]
+    previous: list[Session] = field(default_factory=list)
+    # 0, then 1, 2, ... for a session generated again after none of its candidates survived.
+    attempt: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"s{self.index}" + (f"r{self.attempt}" if self.attempt else "")
 
 
 class Failure(Record):

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from personaloom.backends.base import ChatRequest, ChatResult
+from personaloom.chat import ChatRequest, ChatResult
 
 _DECODER = json.JSONDecoder()
 

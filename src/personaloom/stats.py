@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from personaloom.backends.base import ChatResult
+from personaloom.chat import ChatResult
 
 LLM_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "retries", "errors", "usage_unknown")
 MAX_FAILED_CALLS = 10_000

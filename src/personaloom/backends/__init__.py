@@ -12,7 +12,8 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from personaloom.backends.base import Backend, ChatRequest, ChatResult, Message, SamplingParams, Usage
+from personaloom.backends.base import Backend
+from personaloom.chat import ChatRequest, ChatResult, Message, SamplingParams, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError, PersonaloomError
 

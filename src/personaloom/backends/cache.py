@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from personaloom.backends.base import ChatResult
+from personaloom.chat import ChatResult
 from personaloom.errors import OutputError
 
 _SCHEMA = """

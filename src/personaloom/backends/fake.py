@@ -13,7 +13,8 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from personaloom.backends.base import Backend, ChatRequest, ChatResult, Usage
+from personaloom.backends.base import Backend
+from personaloom.chat import ChatRequest, ChatResult, Usage
 
 Responder = Callable[[ChatRequest], str]
 

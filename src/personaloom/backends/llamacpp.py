@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from personaloom.backends.base import Backend, ChatRequest, ChatResult, Usage
+from personaloom.backends.base import Backend
+from personaloom.chat import ChatRequest, ChatResult, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError
 

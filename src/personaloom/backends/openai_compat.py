@@ -34,14 +34,15 @@ import random
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import openai
 
 from personaloom.backends import gather_all
-from personaloom.backends.base import Backend, ChatRequest, ChatResult, Message, Usage
+from personaloom.backends.base import Backend
+from personaloom.chat import ChatRequest, ChatResult, Message, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError
 from personaloom.prompts import render
@@ -282,9 +283,10 @@ class OpenAIBackend(Backend):
         self.adaptations: list[str] = []
         self._mode: Mode = "prompt" if cfg.structured_output == "prompt" else "json_schema"
         self._client: openai.AsyncOpenAI | None = None
-        self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jitter = random.Random()
+        # How the backend waits between retries (a test injects a recorder instead of the clock).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @property
     def model_id(self) -> str:
@@ -303,17 +305,16 @@ class OpenAIBackend(Backend):
     def _scrub(self, text: str) -> str:
         return text.replace(self.__key, "***") if self.__key else text
 
-    def _ensure_client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
-        # The HTTP connection pool and the semaphore belong to one event loop; `generate()` makes a
-        # new loop per call, so rebuild them when the loop changes.
+    def _ensure_client(self) -> openai.AsyncOpenAI:
+        # The HTTP connection pool belongs to one event loop; `generate()` makes a new loop per call, so
+        # rebuild it when the loop changes.
         loop = asyncio.get_running_loop()
-        if self._client is None or self._sem is None or self._loop is not loop:
+        if self._client is None or self._loop is not loop:
             self._client = openai.AsyncOpenAI(
                 base_url=self.base_url, api_key=self.__key, max_retries=0, timeout=self.cfg.timeout_s
             )
-            self._sem = asyncio.Semaphore(self.cfg.concurrency)
             self._loop = loop
-        return self._client, self._sem
+        return self._client
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.cfg.retry_max_s, self.cfg.retry_base_s * 2.0 ** (attempt - 1))
@@ -372,7 +373,7 @@ class OpenAIBackend(Backend):
         few hundred requests/s. `content` may be null or empty (reasoning models): replies.normalize
         decides what that means; reasoning fields are passed on for it.
         """
-        client, _ = self._ensure_client()
+        client = self._ensure_client()
         try:
             raw = await client.post(
                 "/chat/completions", cast_to=str, body=body, options={"timeout": self.cfg.timeout_s}
@@ -444,7 +445,7 @@ class OpenAIBackend(Backend):
                         ) from None
                     raise _Failed(f"{exc} (after {attempt} tries)", attempt - 1) from None
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
-                await asyncio.sleep(min(delay, max(self.cfg.retry_max_s, 1.0) * 3))
+                await self.sleep(min(delay, max(self.cfg.retry_max_s, 1.0) * 3))
 
     # -- one request
 
@@ -538,13 +539,9 @@ class OpenAIBackend(Backend):
         total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, reported=usage.reported)
         return texts, finishes, total, extra_calls
 
-    async def _one(self, request: ChatRequest) -> ChatResult:
-        _, sem = self._ensure_client()
-        async with sem:
-            return await self._complete(request)
-
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        return await gather_all(self._one(r) for r in requests)
+        """All at once: the executor bounds how many it hands over (backend.concurrency per endpoint)."""
+        return await gather_all(self._complete(r) for r in requests)
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         async def go() -> list[ChatResult]:

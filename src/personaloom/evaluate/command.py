@@ -2,7 +2,7 @@
 
 In: the data and reference paths, the output folder, the judge kind (none | embedded | openai | fake), its
 model and server, a conversation limit and the seed. Out: the metrics dict (also written by
-evaluate.suite.evaluate); LLM tests go through a cached client (`pipeline.Clients`) like every call.
+evaluate.suite.evaluate); LLM tests go through a cached client (`executors.clients.Clients`) like every call.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def evaluate_command(
     """`personaloom evaluate`: metrics.json + report.html; LLM tests through a cached judge client."""
     from personaloom.embed import Embedder
     from personaloom.evaluate.suite import evaluate
-    from personaloom.pipeline import Clients
+    from personaloom.executors.clients import Clients
 
     data_path = Path(data)
     if not data_path.exists():

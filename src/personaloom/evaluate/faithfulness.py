@@ -24,13 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message
-from personaloom.config import GREEDY, SamplingConfig
+from personaloom.chat import GREEDY, ChatRequest, ChatResult, LLMClient, Message, Sampling
 from personaloom.evaluate.turing import normalise_attribute, persona_key
+from personaloom.executors.steps import run_step
 from personaloom.prompts import render
-from personaloom.records import Conversation
+from personaloom.records import Conversation, Failure
 from personaloom.replies import json_object
 from personaloom.rng import derive_seed, rng_for
+from personaloom.step import Step
 from personaloom.text import prompt_language
 
 TRUE_PER_ITEM = 4
@@ -107,7 +108,8 @@ def make_items(convs: Sequence[Conversation], pool: Sequence[Conversation], seed
     return items
 
 
-def _statement_request(template: str, attribute: str, item: FaithItem, kind: str, seed: int) -> ChatRequest:
+def _statement_request(template: str, attribute: str, item: FaithItem, kind: str, seed: int,
+                       sampling: Sampling) -> ChatRequest:
     return ChatRequest(
         # A distractor in another language than the true attributes would be easy to tell apart.
         messages=[
@@ -116,18 +118,20 @@ def _statement_request(template: str, attribute: str, item: FaithItem, kind: str
                 content=render(template, attribute=attribute, language=prompt_language(item.conversation.language)),
             )
         ],
-        params=SamplingConfig().params(48, derive_seed(seed, "faithfulness", kind, item.key)),
+        params=sampling.params(48, derive_seed(seed, "faithfulness", kind, item.key)),
         json_schema=STATEMENT_SCHEMA,
         metadata={"stage": f"evaluate.faithfulness.{kind}", "id": item.key},
     )
 
 
-def distractor_requests(item: FaithItem, seed: int = 0) -> list[ChatRequest]:
-    """[negation of true[0], contradiction of true[1] (true[0] when there is only one)]."""
+def distractor_requests(item: FaithItem, seed: int = 0, sampling: Sampling | None = None) -> list[ChatRequest]:
+    """[negation of true[0], contradiction of true[1] (true[0] when there is only one)]; `sampling`: the
+    run's (default: the paper's)."""
     target = item.true[1] if len(item.true) > 1 else item.true[0]
+    sampling = sampling if sampling is not None else Sampling()
     return [
-        _statement_request("distractor_negation.j2", item.true[0], item, "negation", seed),
-        _statement_request("distractor_contradiction.j2", target, item, "contradiction", seed),
+        _statement_request("distractor_negation.j2", item.true[0], item, "negation", seed, sampling),
+        _statement_request("distractor_contradiction.j2", target, item, "contradiction", seed, sampling),
     ]
 
 
@@ -243,29 +247,71 @@ def aggregate(items: Sequence[FaithItem]) -> dict[str, Any]:
     }
 
 
+class WriteDistractor(Step[tuple[FaithItem, int], str]):
+    """Distractor 0 (negation) or 1 (contradiction) of an item: a statement that is not one of the
+    conversation's own attributes nor copied from the prompt."""
+
+    role = "judge"
+
+    def __init__(self, seed: int, sampling: Sampling | None) -> None:
+        self.seed, self.sampling = seed, sampling
+
+    def stage_of(self, item: tuple[FaithItem, int]) -> str:
+        return f"evaluate.faithfulness.{('negation', 'contradiction')[item[1]]}"
+
+    def item_id(self, item: tuple[FaithItem, int]) -> str:
+        return item[0].key
+
+    def request(self, item: tuple[FaithItem, int]) -> ChatRequest:
+        return distractor_requests(item[0], self.seed, self.sampling)[item[1]]
+
+    def parse(self, item: tuple[FaithItem, int], result: ChatResult) -> str | Failure:
+        conv = item[0].conversation
+        forbidden = {normalise_attribute(a) for a in (*conv.user1_persona, *conv.user2_persona)}
+        got = parse_statement(result.text, forbidden, self.request(item).messages[-1].content)
+        return got if got is not None else self.failure(item, "unusable", raw=result.text)
+
+
+class PickAttributes(Step[FaithItem, list[int]]):
+    """The judge's picks: the candidates it says belong to the speaker (0-based)."""
+
+    stage = "evaluate.faithfulness"
+    role = "judge"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def item_id(self, item: FaithItem) -> str:
+        return item.key
+
+    def request(self, item: FaithItem) -> ChatRequest:
+        return judge_request(item, self.seed)
+
+    def parse(self, item: FaithItem, result: ChatResult) -> list[int] | Failure:
+        picks = parse_picks(result.text, len(item.candidates))
+        return picks if picks is not None else self.failure(item, "unparseable", raw=result.text)
+
+
 async def run_faithfulness(
-    convs: Sequence[Conversation], pool: Sequence[Conversation], judge: LLMClient, seed: int = 0
+    convs: Sequence[Conversation], pool: Sequence[Conversation], judge: LLMClient, seed: int = 0,
+    sampling: Sampling | None = None,
 ) -> tuple[dict[str, Any], list[FaithItem]]:
-    """Two batches: distractors for every item, then the judge for every item."""
+    """Two batches: distractors for every item (sampled with `sampling`, default the paper's), then the
+    judge for every item (greedy)."""
     items = make_items(convs, pool, seed)
-    requests = [r for it in items for r in distractor_requests(it, seed)]
-    results: list[ChatResult] = await judge.complete(requests) if requests else []
+    written = await run_step(WriteDistractor(seed, sampling), [(it, k) for it in items for k in (0, 1)], judge)
     made = {"negation": 0, "contradiction": 0}
     for i, it in enumerate(items):
-        forbidden = {normalise_attribute(a) for a in (*it.conversation.user1_persona, *it.conversation.user2_persona)}
-        neg_res, con_res = results[2 * i], results[2 * i + 1]
-        neg_prompt, con_prompt = (r.messages[-1].content for r in requests[2 * i : 2 * i + 2])
-        neg = parse_statement(neg_res.text, forbidden, neg_prompt) if neg_res.ok else None
-        if neg is not None:
-            forbidden.add(normalise_attribute(neg))
-        con = parse_statement(con_res.text, forbidden, con_prompt) if con_res.ok else None
+        neg, con = written.get(2 * i), written.get(2 * i + 1)
+        if con is not None and neg is not None and normalise_attribute(con) == normalise_attribute(neg):
+            con = None  # the same statement twice would be one distractor shown twice
         made["negation"] += neg is not None
         made["contradiction"] += con is not None
         assemble(it, neg, con, seed)
-    judged = await judge.complete([judge_request(it, seed) for it in items]) if items else []
-    for it, res in zip(items, judged, strict=True):
+    judged = await run_step(PickAttributes(seed), items, judge)
+    for it, res, picks in zip(items, judged.results, judged.outputs, strict=True):
         it.raw = res.text if res.ok else f"<error: {res.error}>"
-        it.picked = parse_picks(res.text, len(it.candidates)) if res.ok else None
+        it.picked = None if isinstance(picks, Failure) else picks
     summary = aggregate(items)
     summary["items"] = len(items)
     summary["llm_distractors"] = made

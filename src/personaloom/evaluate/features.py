@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from personaloom.backends.base import LLMClient
-from personaloom.config import GREEDY
-from personaloom.records import TRAITS, Conversation, Verdict
+from personaloom.chat import LLMClient
+from personaloom.evaluate.judging import judge_context, judge_each
+from personaloom.records import TRAITS, Conversation, SessionContext, Verdict
 from personaloom.stages.critic import experts
+from personaloom.stages.critic.registry import ABSTAIN, ExpertContext
 from personaloom.text import identify, language_share, primary_subtag, share_of
 from personaloom.traits import agreement, agreement_rate, level
 
@@ -43,9 +45,11 @@ def _agreement_table(pairs: list[tuple[Conversation, dict[str, Any]]]) -> dict[s
 
 
 def _critic_readings(conv: Conversation) -> list[dict[str, Any]]:
-    critic = conv.critic or {}
-    found = [s.get("traits") for s in critic.get("sessions") or []] or [critic.get("traits")]
-    return [r for r in found if isinstance(r, dict)]
+    critic = conv.critic
+    if critic is None:
+        return []
+    found = [s.traits for s in critic.sessions or []] or [critic.traits]
+    return [r for r in found if r is not None]
 
 
 async def big_five(
@@ -68,11 +72,7 @@ async def big_five(
     verdicts: list[Verdict] = []
     if judge is not None:
         judged = [c for c in (convs if sample is None else sample) if experts.judged_traits(c)]
-        requests = [experts.build_traits_request(c, GREEDY, seed) for c in judged]
-        for r in requests:
-            r.metadata["stage"] = "evaluate.traits"
-        results = await judge.complete(requests) if requests else []
-        verdicts = [experts.parse_traits(c, r) for c, r in zip(judged, results, strict=True)]
+        verdicts = await judge_each("traits", judged, judge, seed)
         read = [(c, v.reading) for c, v in zip(judged, verdicts, strict=True) if v.reading]
         out["judge"] = {**_agreement_table(read), "abstain": len(verdicts) - len(read)}
     return out, verdicts
@@ -122,16 +122,17 @@ async def sessions(
     verdicts: list[Verdict] = []
     judged_ids = {c.id for c in (convs if sample is None else sample)}
     if judge is not None and later:
-        requests = []
+        probes: list[Conversation] = []
+        contexts: dict[str, ExpertContext] = {}
         for conv, i in (x for x in later if x[0].id in judged_ids):
             ss = conv.sessions or []
             probe = conv.model_copy(update={"id": f"{conv.id}-s{ss[i].index}", "turns": ss[i].turns})
-            req = experts.build_cross_session_request(probe, ss[:i], ss[i].gap or "", GREEDY, seed, memory=ss[i].memory)
-            req.metadata["stage"] = "evaluate.cross_session"
-            requests.append((probe, req))
-        results = await judge.complete([r for _, r in requests]) if requests else []
-        verdicts = [experts.parse_cross_session(p, r) for (p, _), r in zip(requests, results, strict=True)]
-        judged = [v for v in verdicts if v.decision != experts.ABSTAIN]
+            session = SessionContext(index=ss[i].index, gap=ss[i].gap or "", memory=ss[i].memory or {},
+                                     previous=ss[:i])
+            contexts[probe.id] = replace(judge_context(seed), session=session)
+            probes.append(probe)
+        verdicts = await judge_each("cross_session", probes, judge, seed, contexts)
+        judged = [v for v in verdicts if v.decision != ABSTAIN]
         consistent = sum(v.decision == "pass" for v in judged)
         out["judge"] = {
             "consistent_rate": round(consistent / len(judged), 4) if judged else None,

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from personaloom.backends.base import LLMClient
+from personaloom.chat import LLMClient
 from personaloom.errors import InputError
 from personaloom.evaluate import features
 from personaloom.evaluate.faithfulness import run_faithfulness

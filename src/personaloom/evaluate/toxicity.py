@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from personaloom.backends.base import LLMClient
-from personaloom.config import GREEDY
+from personaloom.chat import LLMClient
+from personaloom.evaluate.judging import judge_each
 from personaloom.records import Conversation, Verdict
-from personaloom.stages.critic.experts import ABSTAIN, build_toxicity_request, parse_toxicity
+from personaloom.stages.critic.registry import ABSTAIN
 
 
 def toxicity_rate(verdicts: Sequence[Verdict]) -> dict[str, Any]:
@@ -31,9 +31,5 @@ def toxicity_rate(verdicts: Sequence[Verdict]) -> dict[str, Any]:
 async def run_toxicity(
     convs: Sequence[Conversation], judge: LLMClient, seed: int = 0
 ) -> tuple[dict[str, Any], list[Verdict]]:
-    requests = [build_toxicity_request(c, GREEDY, seed) for c in convs]
-    for r in requests:
-        r.metadata["stage"] = "evaluate.toxicity"
-    results = await judge.complete(requests) if requests else []
-    verdicts = [parse_toxicity(c, r) for c, r in zip(convs, results, strict=True)]
+    verdicts = await judge_each("toxicity", convs, judge, seed)
     return toxicity_rate(verdicts), verdicts

@@ -25,12 +25,13 @@ from typing import Any, Literal
 
 import regex
 
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message
-from personaloom.config import GREEDY
+from personaloom.chat import GREEDY, ChatRequest, ChatResult, LLMClient, Message
+from personaloom.executors.steps import run_step
 from personaloom.prompts import render
-from personaloom.records import Conversation
+from personaloom.records import Conversation, Failure
 from personaloom.replies import json_object
 from personaloom.rng import derive_seed, rng_for
+from personaloom.step import Step
 
 Choice = Literal["A", "B"]
 Outcome = Literal["lose", "win", "tie", "invalid"]
@@ -205,12 +206,25 @@ class TuringItem:
         }
 
 
-def score_pair(pair: TuringPair, results: Sequence[ChatResult]) -> TuringItem:
-    item = TuringItem(pair.generated.id, pair.reference.id, pair.matched)
-    item.raw = [r.text if r.ok else f"<error: {r.error}>" for r in results]
-    item.choices = [parse_choice(r.text) if r.ok else None for r in results]
-    item.outcome = outcome(item.choices[0], item.choices[1])
-    return item
+class AskTuring(Step[tuple[TuringPair, int], Choice]):
+    """Which of a pair's two conversations is machine-written ("A" or "B"), for order 0 (generated shown as
+    A) or 1 (generated shown as B)."""
+
+    stage = "evaluate.turing"
+    role = "judge"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def item_id(self, item: tuple[TuringPair, int]) -> str:
+        return item[0].generated.id
+
+    def request(self, item: tuple[TuringPair, int]) -> ChatRequest:
+        return build_requests(item[0], self.seed)[item[1]]
+
+    def parse(self, item: tuple[TuringPair, int], result: ChatResult) -> Choice | Failure:
+        choice = parse_choice(result.text)
+        return choice if choice is not None else self.failure(item, "unparseable", raw=result.text)
 
 
 async def run_turing(
@@ -218,9 +232,14 @@ async def run_turing(
 ) -> tuple[dict[str, Any], list[TuringItem]]:
     """Pair, ask the judge (all requests in one batch), score. Returns (summary, per-pair items)."""
     pairs = pair_conversations(generated, reference, seed)
-    requests = [r for p in pairs for r in build_requests(p, seed)]
-    results = await judge.complete(requests) if requests else []
-    items = [score_pair(p, results[2 * i : 2 * i + 2]) for i, p in enumerate(pairs)]
+    run = await run_step(AskTuring(seed), [(p, order) for p in pairs for order in (0, 1)], judge)
+    items: list[TuringItem] = []
+    for i, p in enumerate(pairs):
+        item = TuringItem(p.generated.id, p.reference.id, p.matched)
+        item.raw = [r.text if r.ok else f"<error: {r.error}>" for r in run.results[2 * i : 2 * i + 2]]
+        item.choices = [run.get(2 * i), run.get(2 * i + 1)]
+        item.outcome = outcome(item.choices[0], item.choices[1])
+        items.append(item)
     summary = rates([it.outcome for it in items])
     summary["matched_pairs"] = sum(1 for it in items if it.matched)
     summary["pairs"] = len(items)

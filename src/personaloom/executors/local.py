@@ -4,23 +4,25 @@ In: a `Backend`, an optional `ResponseCache`, a `Stats`, and batches of `ChatReq
 of concurrent tasks (one per pair, say). Out: one `ChatResult` per request, in order.
 
 Every request is looked up in the cache first; a hit costs no call and comes back with cached=True.
-Misses go to the backend one request at a time under one semaphore of `backend.max_concurrency`
-shared by all callers, so a server is kept at its concurrency with no per-batch barrier: a pair's
-critique can start while other pairs are still generating. Identical requests in flight at the same
-time are sent once. Every result, fresh or cached, goes through `replies.normalize` (reasoning removed; an
-empty or reasoning-only answer is a failed call, and a cached row that fails it is a miss), is committed to
-the cache as it arrives (successes only) and accounted with `stats.record_call`; when the first DEAD_AFTER
-calls of an invocation all fail, BackendError stops the run with the last server message.
-A rich progress display per stage (done/total, ETA, tokens/s)
-shows on stderr when it is a terminal.
+Misses go to the backend one request at a time under the bound of its `Endpoint` (one per server URL +
+model, or per GGUF, shared by every client of it: experts on the same server share it too), so a server
+is kept at its concurrency with no per-batch barrier: a pair's critique can start while other pairs are
+still generating. Backends hold no bound of their own; `backend.max_concurrency` declares what a backend
+can take at once (an in-process model: 1). Identical requests in flight at the same time are sent once.
+Every result, fresh or cached, goes through `replies.normalize` (reasoning removed; an empty or
+reasoning-only answer is a failed call, and a cached row that fails it is a miss), is committed to the
+cache as it arrives (successes only) and accounted with `stats.record_call`; when the first DEAD_AFTER
+calls of an invocation all fail, BackendError stops the run with the last server message. A rich progress
+display per stage (done/total, ETA, tokens/s) shows on stderr when it is a terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -37,8 +39,9 @@ from rich.progress import (
 from rich.text import Text
 
 from personaloom.backends import gather_all
-from personaloom.backends.base import Backend, ChatRequest, ChatResult
+from personaloom.backends.base import Backend
 from personaloom.backends.cache import ResponseCache
+from personaloom.chat import ChatRequest, ChatResult
 from personaloom.errors import BackendError
 from personaloom.replies import normalize
 from personaloom.stats import Stats
@@ -107,8 +110,48 @@ class _StageProgress:
         self._tasks = {}
 
 
+class Endpoint:
+    """The one concurrency bound of a server (URL + model) or an in-process model, shared by every client
+    that talks to it. `limit` may change while requests wait (the lowest configured one wins)."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = max(1, limit)
+        self.in_flight = 0
+        self._cond: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def join(self, limit: int) -> None:
+        """Another client of this endpoint, configured for at most `limit` requests at once."""
+        self.limit = min(self.limit, max(1, limit))
+
+    def _condition(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if self._cond is None or self._loop is not loop:
+            # One per event loop: `LLM.run()` uses a fresh loop per call.
+            self._cond, self._loop, self.in_flight = asyncio.Condition(), loop, 0
+        return self._cond
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the endpoint's `limit` slots."""
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            async with cond:
+                self.in_flight -= 1
+                cond.notify()
+
+
 class LLM:
-    """The LLMClient the stages use (see `personaloom.backends.base.LLMClient`)."""
+    """The LLMClient the stages' steps run through (see `personaloom.chat.LLMClient`).
+
+    `endpoint`: the bound shared with other clients of the same server (default: one of this client's own,
+    at `backend.max_concurrency`)."""
 
     def __init__(
         self,
@@ -116,33 +159,30 @@ class LLM:
         cache: ResponseCache | None = None,
         stats: Stats | None = None,
         progress: bool = True,
+        endpoint: Endpoint | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
         self.stats = stats if stats is not None else Stats()
         self.in_flight = 0
         self._progress = _StageProgress(progress and sys.stderr.isatty())
-        self._sem: asyncio.Semaphore | None = None
+        self.endpoint = endpoint if endpoint is not None else Endpoint(repr(backend), backend.max_concurrency)
+        self.endpoint.join(backend.max_concurrency)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, asyncio.Future[ChatResult]] = {}
         self._succeeded = False
         self._failed_in_a_row = 0
 
-    def _semaphore(self) -> asyncio.Semaphore:
+    def _fresh_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._sem is None or self._loop is not loop:
-            # One per event loop: `run()` uses a fresh loop per call.
-            self._sem = asyncio.Semaphore(max(1, self.backend.max_concurrency))
-            self._loop = loop
-            self._pending = {}
-        return self._sem
+        if self._loop is not loop:
+            self._loop, self._pending = loop, {}
 
     def _key(self, request: ChatRequest) -> str:
         return request.cache_key(self.backend.kind, self.backend.model_id)
 
     async def _call(self, request: ChatRequest) -> ChatResult:
-        sem = self._semaphore()
-        async with sem:
+        async with self.endpoint.slot():
             self.in_flight += 1
             start = time.perf_counter()
             try:
@@ -174,31 +214,28 @@ class LLM:
             )
 
     async def _one(self, request: ChatRequest) -> ChatResult:
-        key = self._key(request) if self.cache is not None else None
-        if key is not None and self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                # Read through the same normaliser: a row an older version cached (an empty or
-                # reasoning-only reply) is a miss, never an answer.
-                hit = normalize(hit, request)
-                hit = hit if hit.ok else None
-            if hit is None and key in self._pending:
-                # The same request is on its way: share its answer instead of paying twice.
-                shared = await asyncio.shield(self._pending[key])
-                hit = shared.model_copy(update={"cached": True, "retries": 0}) if shared.ok else None
-            if hit is not None:
-                self._account(request, hit)
-                return hit
-        future: asyncio.Future[ChatResult] | None = None
-        if key is not None:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[key] = future
+        key = self._key(request)
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None:
+            # Read through the same normaliser: a row an older version cached (an empty or
+            # reasoning-only reply) is a miss, never an answer.
+            hit = normalize(hit, request)
+            hit = hit if hit.ok else None
+        if hit is None and key in self._pending:
+            # The same request is on its way: share its answer instead of paying twice.
+            shared = await asyncio.shield(self._pending[key])
+            hit = shared.model_copy(update={"cached": True, "retries": 0}) if shared.ok else None
+        if hit is not None:
+            self._account(request, hit)
+            return hit
+        future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
         try:
             result = await self._call(request)
-            if key is not None and self.cache is not None:
+            if self.cache is not None:
                 self.cache.put(key, result)
         except BaseException as exc:
-            if future is not None and not future.done():
+            if not future.done():
                 if isinstance(exc, Exception):
                     future.set_exception(exc)
                     future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
@@ -206,9 +243,9 @@ class LLM:
                     future.cancel()
             raise
         finally:
-            if key is not None and self._pending.get(key) is future:
+            if self._pending.get(key) is future:
                 del self._pending[key]
-        if future is not None and not future.done():
+        if not future.done():
             future.set_result(result)
         self._account(request, result)
         return result
@@ -226,7 +263,7 @@ class LLM:
             stages[r.stage] = stages.get(r.stage, 0) + 1
         for stage, n in stages.items():
             self._progress.submitted(stage, n)
-        self._semaphore()
+        self._fresh_loop()
         return await gather_all(self._one(r) for r in requests)
 
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:

@@ -40,8 +40,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from personaloom.backends.base import Backend, ChatRequest, ChatResult
+from personaloom.backends.base import Backend
 from personaloom.backends.cache import ResponseCache
+from personaloom.chat import ChatRequest, ChatResult
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError, PersonaloomError
 from personaloom.executors.local import LLM

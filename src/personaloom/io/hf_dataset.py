@@ -2,7 +2,7 @@
 
 In: conversations and a directory. Out: the directory, loadable with `datasets.load_from_disk(dir)` or
 `datasets.load_dataset("parquet", data_files=f"{dir}/data.parquet")`. Columns follow the
-conversation record of DESIGN.md §3; `critic` (free-form) and the Big Five levels (`user1_traits`,
+conversation record of DESIGN.md §3; `critic` (the CriticSummary) and the Big Five levels (`user1_traits`,
 `user2_traits`: levels or scores) are stored as JSON strings; `language` and `sessions` are null for
 conversations that do not use those features. The directory is
 built beside the target and renamed into place, so a crash never leaves a half-written dataset.
@@ -60,7 +60,7 @@ def _features() -> Any:
 def _row(conv: Conversation) -> dict[str, Any]:
     row = conv.model_dump(mode="json")
     for key in ("critic", "user1_traits", "user2_traits"):
-        value = getattr(conv, key)
+        value = row.get(key)
         row[key] = None if value is None else json.dumps(value, ensure_ascii=False)
     row.setdefault("language", None)
     row.setdefault("sessions", None)

@@ -23,13 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, LLMClient, Message
-from personaloom.config import ExpandConfig, SamplingConfig
+from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling
+from personaloom.config import ExpandConfig
 from personaloom.embed import Embedder, dedup_mask
+from personaloom.executors.steps import run_step
 from personaloom.io.personas import PersonaRecord
 from personaloom.prompts import render
-from personaloom.records import Attribute, Profile
+from personaloom.records import Attribute, Failure, Profile
 from personaloom.stages import persona_bootstrap as pb
+from personaloom.step import Step
 
 STAGE = "expand.describe"
 _ARTICLE = re.compile(r"^(an?|the)\s+", re.IGNORECASE)
@@ -42,13 +44,29 @@ class Described:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
-def build_request(persona: PersonaRecord, cfg: ExpandConfig, sampling: SamplingConfig, seed: int) -> ChatRequest:
-    prompt = render("persona_describe.j2", description=persona.text, n=cfg.statements_per_persona)
-    return ChatRequest(
-        messages=[Message(role="user", content=prompt)],
-        params=sampling.params(cfg.describe_max_tokens, rng.derive_seed(seed, STAGE, persona.id, persona.line)),
-        metadata={"stage": STAGE, "id": persona.id},
-    )
+class Describe(Step[PersonaRecord, tuple[list[str], Counter[str]]]):
+    """A persona's description -> its usable first-person statements and why the other lines were dropped."""
+
+    stage = STAGE
+    role = "expansion"
+
+    def __init__(self, cfg: ExpandConfig, sampling: Sampling, seed: int) -> None:
+        self.cfg, self.sampling, self.seed = cfg, sampling, seed
+
+    def item_id(self, item: PersonaRecord) -> str:
+        return item.id
+
+    def request(self, item: PersonaRecord) -> ChatRequest:
+        prompt = render("persona_describe.j2", description=item.text, n=self.cfg.statements_per_persona)
+        seed = rng.derive_seed(self.seed, STAGE, item.id, item.line)
+        return ChatRequest(
+            messages=[Message(role="user", content=prompt)],
+            params=self.sampling.params(self.cfg.describe_max_tokens, seed),
+            metadata={"stage": STAGE, "id": item.id},
+        )
+
+    def parse(self, item: PersonaRecord, result: ChatResult) -> tuple[list[str], Counter[str]]:
+        return parse_statements(result.text, self.cfg.max_words)
 
 
 def from_description(text: str, max_words: int) -> str | None:
@@ -81,12 +99,12 @@ async def describe_personas(
     embedder: Embedder,
     llm: LLMClient,
     cfg: ExpandConfig,
-    sampling: SamplingConfig,
+    sampling: Sampling,
     seed: int,
 ) -> Described:
     asked = [p for p in personas if p.text]
-    results = await llm.complete([build_request(p, cfg, sampling, seed) for p in asked])
-    replies = {p.id: r for p, r in zip(asked, results, strict=True)}
+    run = await run_step(Describe(cfg, sampling, seed), asked, llm)
+    replies = dict(zip([p.id for p in asked], run.outputs, strict=True))
     rejections: Counter[str] = Counter()
     by_text: dict[str, Attribute] = {}
     profiles: list[Profile] = []
@@ -94,11 +112,11 @@ async def describe_personas(
         own = from_description(persona.text, cfg.max_words) if persona.text else None
         got: list[str] = []
         reply = replies.get(persona.id)
-        if reply is not None and reply.ok:
-            got, dropped = parse_statements(reply.text, cfg.max_words)
-            rejections.update(dropped)
+        if isinstance(reply, Failure):
+            rejections[reply.reason] += 1
         elif reply is not None:
-            rejections["llm_error"] += 1
+            got, dropped = reply
+            rejections.update(dropped)
         # The description's own statement, then the record's fields and the model's statements in turn, so
         # that a profile cut to profiles.size keeps some of each.
         mixed = [s for pair in itertools.zip_longest(persona.attributes, got) for s in pair if s is not None]

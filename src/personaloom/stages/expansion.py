@@ -1,6 +1,6 @@
 """Persona expansion: seed attributes -> questions -> new attributes, with the paper's Table 1.
 
-In: seed `Attribute`s, an `Embedder`, an `LLMClient`, ExpandConfig / SamplingConfig, the run seed.
+In: seed `Attribute`s, an `Embedder`, an `LLMClient`, ExpandConfig / Sampling, the run seed.
 Out: `ExpansionResult` — every attribute (seed first, then generated; `cluster` set on all), the
 deduplicated questions, Table 1 ({"seed": {...}, "expanded": {...}}, each with "attributes", "clusters"
 and "mean_inter_cluster_distance" = mean cosine distance between the unit-mean centroids of all pairs of
@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient
-from personaloom.config import ExpandConfig, SamplingConfig
+from personaloom.chat import ChatRequest, ChatResult, LLMClient, Sampling
+from personaloom.config import ExpandConfig
 from personaloom.embed import Embedder, NeighborIndex, dedup_mask
+from personaloom.executors.steps import run_step
 from personaloom.fingerprint import StageInputs
-from personaloom.records import Attribute
+from personaloom.records import Attribute, Failure
 from personaloom.stages import persona_bootstrap as pb
 from personaloom.stages import query_induction as qi
-from personaloom.stats import Stats
+from personaloom.step import Step
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +50,80 @@ class ExpansionResult:
     questions: list[str]
     table: dict[str, Any]
     rejections: dict[str, int] = field(default_factory=dict)
-    # Raw replies that gave nothing usable, for debugging prompts: (stage, id, text)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    # Replies that gave nothing usable (raw text kept), for debugging prompts.
+    failures: list[Failure] = field(default_factory=list)
+    # Persona-bootstrapping attempts made (each one LLM call).
+    attempts: int = 0
 
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _questions_or_miss(
-    req: ChatRequest, res: ChatResult, rejections: Counter[str], failures: list[tuple[str, str, str]]
-) -> list[str]:
-    """The questions in a reply; an empty or failed reply is counted and kept as a failure."""
-    got = qi.parse_questions(res.text) if res.ok else []
-    if not got:
-        rejections["question_unparsed" if res.ok else "llm_error"] += 1
-        failures.append((req.stage, req.metadata["id"], res.text or (res.error or "")))
-    return got
+class ClusterQuestions(Step[tuple[int, list[str]], list[str]]):
+    """Questions that a cluster's sampled attributes answer; item: (cluster label, sampled members)."""
+
+    stage = qi.QUESTION_STAGE
+    role = "expansion"
+
+    def __init__(self, cfg: ExpandConfig, sampling: Sampling, seed: int) -> None:
+        self.cfg, self.sampling, self.seed = cfg, sampling, seed
+
+    def item_id(self, item: tuple[int, list[str]]) -> str:
+        return self.request(item).metadata["id"]
+
+    def request(self, item: tuple[int, list[str]]) -> ChatRequest:
+        return qi.question_request(item[1], item[0], self.seed, self.sampling, max_tokens=self.cfg.question_max_tokens)
+
+    def parse(self, item: tuple[int, list[str]], result: ChatResult) -> list[str] | Failure:
+        got = qi.parse_questions(result.text)[: self.cfg.questions_per_cluster]
+        return got or self.failure(item, "question_unparsed", raw=result.text)
+
+
+class MoreQuestions(ClusterQuestions):
+    """New questions like the shown ones; item: (bootstrapping step, questions shown)."""
+
+    def request(self, item: tuple[int, list[str]]) -> ChatRequest:
+        return qi.bootstrap_request(item[1], item[0], self.seed, self.sampling, n_new=self.cfg.questions_per_step,
+                                    max_tokens=self.cfg.bootstrap_max_tokens)
+
+    def parse(self, item: tuple[int, list[str]], result: ChatResult) -> list[str] | Failure:
+        return qi.parse_questions(result.text) or self.failure(item, "question_unparsed", raw=result.text)
+
+
+class Answer(Step[int, str]):
+    """Attempt k of persona bootstrapping: a sampled persona answers a sampled question in one first-person
+    sentence; rejected (reason as the Failure's) when it is not a usable new attribute."""
+
+    stage = pb.ANSWER_STAGE
+    role = "expansion"
+
+    def __init__(self, seed_texts: list[str], questions: list[str], cfg: ExpandConfig, sampling: Sampling,
+                 seed: int) -> None:
+        self.seed_texts, self.questions, self.cfg, self.sampling, self.seed = seed_texts, questions, cfg, sampling, seed
+
+    def _persona(self, k: int) -> list[str]:
+        return pb.sample_persona(self.seed_texts, self.cfg.persona_size, self.seed, k)
+
+    def item_id(self, item: int) -> str:
+        return self.request(item).metadata["id"]
+
+    def request(self, item: int) -> ChatRequest:
+        question = pb.pick_question(self.questions, self.seed, item)
+        return pb.answer_request(self._persona(item), question, item, self.seed, self.sampling,
+                                 self.cfg.answer_max_tokens)
+
+    def parse(self, item: int, result: ChatResult) -> str | Failure:
+        answer = pb.parse_answer(result.text)
+        reason = pb.answer_rejection(answer, self._persona(item), self.cfg.max_words)
+        return answer if reason is None else self.failure(item, reason, raw=result.text)
 
 
 async def induce_questions(
-    texts: list[str],
-    labels: np.ndarray[Any, Any],
-    embedder: Embedder,
-    llm: LLMClient,
-    cfg: ExpandConfig,
-    sampling: SamplingConfig,
-    seed: int,
-    rejections: Counter[str],
-    failures: list[tuple[str, str, str]],
-) -> list[str]:
+    texts: list[str], labels: np.ndarray[Any, Any], embedder: Embedder, llm: LLMClient, cfg: ExpandConfig,
+    sampling: Sampling, seed: int,
+) -> tuple[list[str], list[Failure]]:
+    """(the deduplicated questions, the replies that gave none)."""
     members: dict[int, list[str]] = {}
     for text, label in zip(texts, labels.tolist(), strict=True):
         members.setdefault(int(label), []).append(text)
@@ -86,99 +131,64 @@ async def induce_questions(
     order = sorted(members, key=lambda c: (-len(members[c]), c))
     if cfg.max_clusters_for_questions is not None:
         order = order[: cfg.max_clusters_for_questions]
-    requests = [
-        qi.question_request(
-            qi.sample_cluster_members(members[c], cfg.attributes_per_question, seed, c),
-            c,
-            seed,
-            sampling,
-            max_tokens=cfg.question_max_tokens,
-        )
-        for c in order
-    ]
-    questions: list[str] = []
-    for req, res in zip(requests, await llm.complete(requests), strict=True):
-        got = _questions_or_miss(req, res, rejections, failures)[: cfg.questions_per_cluster]
-        questions.extend(got)
+    items = [(c, qi.sample_cluster_members(members[c], cfg.attributes_per_question, seed, c)) for c in order]
+    run = await run_step(ClusterQuestions(cfg, sampling, seed), items, llm)
+    questions = [q for _, got in run.kept() for q in got]
+    failures = run.failures
     for step in range(cfg.bootstrap_steps):
         if not questions:
             break
         shown = qi.sample_questions(questions, 5, seed, step)
-        req = qi.bootstrap_request(
-            shown, step, seed, sampling, n_new=cfg.questions_per_step, max_tokens=cfg.bootstrap_max_tokens
-        )
-        res = (await llm.complete([req]))[0]
-        got = _questions_or_miss(req, res, rejections, failures)
+        more = await run_step(MoreQuestions(cfg, sampling, seed), [(step, shown)], llm)
+        failures += more.failures
         known = {_norm(q) for q in questions}
-        questions.extend(q for q in got if _norm(q) not in known)
+        questions.extend(q for _, got in more.kept() for q in got if _norm(q) not in known)
     if not questions:
-        return []
+        return [], failures
     keep = dedup_mask(embedder.encode(questions), cfg.question_dedup_threshold)
-    rejections["question_duplicate"] += int((~keep).sum())
-    return [q for q, k in zip(questions, keep.tolist(), strict=True) if k]
+    failures += [Failure(stage=qi.QUESTION_STAGE, item_id=q, reason="question_duplicate")
+                 for q, k in zip(questions, keep.tolist(), strict=True) if not k]
+    return [q for q, k in zip(questions, keep.tolist(), strict=True) if k], failures
 
 
 async def bootstrap_attributes(
-    seed_texts: list[str],
-    seed_emb: np.ndarray[Any, Any],
-    questions: list[str],
-    embedder: Embedder,
-    llm: LLMClient,
-    cfg: ExpandConfig,
-    sampling: SamplingConfig,
-    seed: int,
-    rejections: Counter[str],
-    failures: list[tuple[str, str, str]],
-    stats: Stats | None = None,
-) -> tuple[list[str], np.ndarray[Any, Any]]:
-    """New attribute texts and their embeddings, in the order they were kept."""
+    seed_texts: list[str], seed_emb: np.ndarray[Any, Any], questions: list[str], embedder: Embedder,
+    llm: LLMClient, cfg: ExpandConfig, sampling: Sampling, seed: int,
+) -> tuple[list[str], np.ndarray[Any, Any], list[Failure], int]:
+    """(new attribute texts and their embeddings in the order they were kept, the rejected attempts'
+    Failures — reason "not_novel" for a duplicate of a known attribute —, the number of attempts)."""
     index = NeighborIndex(seed_emb.shape[1])
     index.add(seed_emb)
     kept: list[str] = []
     kept_vecs: list[np.ndarray[Any, Any]] = []
+    failures: list[Failure] = []
     if not questions or not seed_texts or cfg.new_attributes <= 0:
-        return kept, np.zeros((0, seed_emb.shape[1]), dtype=np.float32)
+        return kept, np.zeros((0, seed_emb.shape[1]), dtype=np.float32), failures, 0
+    step = Answer(seed_texts, questions, cfg, sampling, seed)
     max_attempts = cfg.new_attributes * cfg.max_attempts_factor
     attempt = 0
     while len(kept) < cfg.new_attributes and attempt < max_attempts:
         need = cfg.new_attributes - len(kept)
         size = min(max_attempts - attempt, max(cfg.bootstrap_batch, 2 * need))
-        batch = range(attempt, attempt + size)
-        personas = [pb.sample_persona(seed_texts, cfg.persona_size, seed, k) for k in batch]
-        requests = [
-            pb.answer_request(p, pb.pick_question(questions, seed, k), k, seed, sampling, cfg.answer_max_tokens)
-            for p, k in zip(personas, batch, strict=True)
-        ]
-        results = await llm.complete(requests)
+        run = await run_step(step, range(attempt, attempt + size), llm)
         attempt += size
-        answers: list[str] = []
-        for req, res, persona in zip(requests, results, personas, strict=True):
-            answer = pb.parse_answer(res.text) if res.ok else ""
-            reason = pb.answer_rejection(answer, persona, cfg.max_words) if res.ok else "llm_error"
-            if reason is not None:
-                rejections[reason] += 1
-                failures.append((req.stage, req.metadata["id"], res.text or (res.error or "")))
-                answers.append("")
-            else:
-                answers.append(answer)
-        ok = [i for i, a in enumerate(answers) if a]
-        if not ok:
+        failures += run.failures
+        answers = run.kept()
+        if not answers:
             continue
-        vecs = embedder.encode([answers[i] for i in ok])
+        vecs = embedder.encode([a for _, a in answers])
         novel = dedup_mask(vecs, cfg.novelty_threshold, index)
-        for i, v, is_novel in zip(ok, vecs, novel.tolist(), strict=True):
+        for (k, answer), v, is_novel in zip(answers, vecs, novel.tolist(), strict=True):
             if len(kept) >= cfg.new_attributes:
                 break
             if not is_novel:
-                rejections["not_novel"] += 1
+                failures.append(step.failure(k, "not_novel", raw=answer))
                 continue
-            kept.append(answers[i])
+            kept.append(answer)
             kept_vecs.append(v)
-        if stats is not None:
-            stats.add(STAGE, "bootstrap_attempts", size)
     log.info("persona bootstrapping: %d new attributes from %d attempts", len(kept), attempt)
     emb = np.stack(kept_vecs) if kept_vecs else np.zeros((0, seed_emb.shape[1]), dtype=np.float32)
-    return kept, emb
+    return kept, emb, failures, attempt
 
 
 async def expand(
@@ -186,12 +196,10 @@ async def expand(
     embedder: Embedder,
     llm: LLMClient,
     cfg: ExpandConfig,
-    sampling: SamplingConfig,
+    sampling: Sampling,
     seed: int,
-    stats: Stats | None = None,
 ) -> ExpansionResult:
     rejections: Counter[str] = Counter()
-    failures: list[tuple[str, str, str]] = []
     seeds: list[Attribute] = []
     seen: set[str] = set()
     for a in seed_attributes:
@@ -209,10 +217,12 @@ async def expand(
     seed_table = qi.cluster_table(seed_emb, labels)
     log.info("seed: %s", seed_table)
 
-    questions = await induce_questions(texts, labels, embedder, llm, cfg, sampling, seed, rejections, failures)
-    new_texts, new_emb = await bootstrap_attributes(
-        texts, seed_emb, questions, embedder, llm, cfg, sampling, seed, rejections, failures, stats
+    questions, failures = await induce_questions(texts, labels, embedder, llm, cfg, sampling, seed)
+    new_texts, new_emb, rejected, attempts = await bootstrap_attributes(
+        texts, seed_emb, questions, embedder, llm, cfg, sampling, seed
     )
+    failures += rejected
+    rejections.update(f.reason for f in failures)
     new_labels, _ = pb.assign_clusters(
         new_emb, qi.centroids(seed_emb, labels), cfg.cluster_distance_threshold
     )
@@ -225,11 +235,6 @@ async def expand(
         Attribute(id=f"gen-{i:06d}", text=t, source="generated", cluster=int(c))
         for i, (t, c) in enumerate(zip(new_texts, new_labels.tolist(), strict=True))
     ]
-    if stats is not None:
-        stats.add(STAGE, "seed_attributes", len(seeds))
-        stats.add(STAGE, "questions", len(questions))
-        stats.add(STAGE, "new_attributes", len(new_texts))
-        for reason, n in rejections.items():
-            stats.add(STAGE, f"rejected_{reason}", n)
-        stats.extra.setdefault("expansion", {}).update(table)
-    return ExpansionResult(attributes, questions, table, dict(rejections), failures)
+    # Raw text only where a reply was unusable (a duplicate question is not a reply).
+    failures = [f for f in failures if f.raw is not None or f.reason == "llm_error"]
+    return ExpansionResult(attributes, questions, table, dict(rejections), failures, attempts)

@@ -13,12 +13,11 @@ format expert's job (stages/critic/format_expert.py), not the parser's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, Message
-from personaloom.config import GenerateConfig, SamplingConfig
+from personaloom.chat import ChatRequest, Message, Sampling
+from personaloom.config import GenerateConfig
 from personaloom.dialogue import (
     DEFECT_KINDS,
     describe_non_dialogue,
@@ -30,7 +29,7 @@ from personaloom.dialogue import (
     turn_defects,
 )
 from personaloom.prompts import render
-from personaloom.records import Conversation, Failure, Pair, Session, Turn
+from personaloom.records import Conversation, Failure, Pair, SessionContext, Trim, Turn
 from personaloom.text import is_near_duplicate, prompt_language, word_set, words
 from personaloom.traits import levels
 
@@ -38,23 +37,6 @@ STAGE = "generate"
 # Trimming cuts at a near-duplicate this similar (word-set Jaccard); stricter than the format
 # expert's threshold so that an honest callback ("I love dogs too!") does not end a conversation.
 _TRIM_NEAR = 0.7
-
-
-@dataclass
-class SessionContext:
-    """A later session of a multi-session conversation: its number (2, 3, ...), the gap since the
-    previous one, each speaker's memory of the earlier ones, and the earlier sessions themselves."""
-
-    index: int
-    gap: str
-    memory: dict[str, str]
-    previous: list[Session] = field(default_factory=list)
-    # 0, then 1, 2, ... for a session generated again after none of its candidates survived.
-    attempt: int = 0
-
-    @property
-    def tag(self) -> str:
-        return f"s{self.index}" + (f"r{self.attempt}" if self.attempt else "")
 
 
 def candidate_id(pair: Pair, iteration: int, index: int, session: SessionContext | None = None) -> str:
@@ -145,7 +127,7 @@ def build_requests(
     pair: Pair,
     examples: list[Conversation],
     cfg: GenerateConfig,
-    sampling: SamplingConfig,
+    sampling: Sampling,
     seed: int,
     iteration: int,
     language: str | None = None,
@@ -234,7 +216,7 @@ def parse_candidate(
     With `truncated` (finish_reason "length") the last, probably cut-off utterance is dropped.
     With `trim`, the conversation ends before its first defect (same-speaker run, repeated
     utterance, placeholder, unattributable line): small models write a good opening and then loop
-    until max_tokens. The cut is recorded in `critic["trimmed"]`; the format expert still judges what
+    until max_tokens. The cut is recorded in `trimmed`; the format expert still judges what
     is left (too short, loops inside an utterance, ...).
     """
     cid = candidate_id(pair, iteration, index, session)
@@ -254,11 +236,11 @@ def parse_candidate(
         elif n in at_line:
             items.append(Turn(speaker=at_line[n].speaker, text=_unwrap(at_line[n].text)))
     all_turns = [i for i in items if isinstance(i, Turn)]
-    critic: dict[str, Any] | None = None
+    trimmed: Trim | None = None
     if trim:
         turns, cut = _clean_prefix(items)
         if cut is not None:
-            critic = {"trimmed": {"kept": len(turns), "of": len(all_turns), "at": cut}}
+            trimmed = Trim(kept=len(turns), of=len(all_turns), at=cut)
         elif truncated and len(turns) > 1:
             turns = turns[:-1]
         middle: list[str] = []
@@ -287,7 +269,6 @@ def parse_candidate(
         turns=turns,
         iteration=iteration,
         source="personaloom",
-        critic=critic,
         pair_id=pair.id,
         raw=render_dialogue(turns),
         defects=[k for k in (*DEFECT_KINDS, "empty_utterance") if k in defects],
@@ -295,4 +276,5 @@ def parse_candidate(
         user2_traits=pair.user2_traits,
         language=language,
         label_forms=parsed.label_forms or None,
+        trimmed=trimmed,
     )

@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, ChatResult, LLMClient, Message
+from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message
 from personaloom.config import RunConfig
+from personaloom.executors.steps import run_step
 from personaloom.prompts import quoted, render
 from personaloom.records import Failure, Pair
+from personaloom.step import Step, StepRun
 from personaloom.text import LANGUAGES, is_english, language_name, primary_subtag
 
 STAGE = "localize"
@@ -27,16 +29,33 @@ _LABEL = re.compile(r"^\s*(?:translation|answer|sentence|in \w+|\w+ translation)
 _QUOTES = "\"'«»“”„‚‘’「」『』"
 
 
-def build_request(text: str, language: str, config: RunConfig) -> ChatRequest:
-    params = config.sampling_for("expansion").params(MAX_TOKENS, rng.derive_seed(config.seed, STAGE, language, text))
-    return ChatRequest(
-        messages=[
-            Message(role="system", content=render("localize.j2", language=language_name(language))),
-            Message(role="user", content=quoted(text)),
-        ],
-        params=params,
-        metadata={"stage": STAGE, "id": text[:40]},
-    )
+class Localize(Step[str, str]):
+    """An attribute in the target language (the Failure keeps the attribute as written)."""
+
+    stage = STAGE
+
+    def __init__(self, language: str, config: RunConfig, iteration: int) -> None:
+        self.language, self.config, self.iteration = language, config, iteration
+
+    def request(self, item: str) -> ChatRequest:
+        seed = rng.derive_seed(self.config.seed, STAGE, self.language, item)
+        return ChatRequest(
+            messages=[
+                Message(role="system", content=render("localize.j2", language=language_name(self.language))),
+                Message(role="user", content=quoted(item)),
+            ],
+            params=self.config.sampling_for("expansion").params(MAX_TOKENS, seed),
+            metadata={"stage": STAGE, "id": self.item_id(item)},
+        )
+
+    def item_id(self, item: str) -> str:
+        return item[:40]
+
+    def parse(self, item: str, result: ChatResult) -> str | Failure:
+        got = parse_reply(item, result, self.language)
+        if got is None:
+            return self.failure(item, "unparseable", f"attribute {item!r} kept as written", raw=result.text)
+        return got
 
 
 def parse_reply(original: str, result: ChatResult, language: str) -> str | None:
@@ -58,32 +77,13 @@ def parse_reply(original: str, result: ChatResult, language: str) -> str | None:
 
 async def localize_pair(
     pair: Pair, llm: LLMClient, config: RunConfig, iteration: int
-) -> tuple[Pair, list[Failure], list[ChatResult]]:
-    """(the pair in config.language, failures, every result for token accounting)."""
+) -> tuple[Pair, StepRun[str, str]]:
+    """(the pair in config.language, the step's run: its failures and results for token accounting)."""
     language = config.language
-    if language is None or is_english(language):
-        return pair, [], []
     texts = list(dict.fromkeys([*pair.user1_persona, *pair.user2_persona]))
-    results = await llm.complete([build_request(t, language, config) for t in texts])
-    rendered: dict[str, str] = {}
-    failures: list[Failure] = []
-    for text, result in zip(texts, results, strict=True):
-        got = parse_reply(text, result, language)
-        if got is None:
-            failures.append(
-                Failure(
-                    stage=STAGE, item_id=pair.id, reason="llm_error" if result.error else "unparseable",
-                    detail=f"attribute {text!r} kept as written", raw=result.text or None, iteration=iteration,
-                )
-            )
-        rendered[text] = got or text
-    return (
-        pair.model_copy(
-            update={
-                "user1_persona": [rendered[t] for t in pair.user1_persona],
-                "user2_persona": [rendered[t] for t in pair.user2_persona],
-            }
-        ),
-        failures,
-        results,
-    )
+    if language is None or is_english(language):
+        return pair, StepRun([], [])
+    run = await run_step(Localize(language, config, iteration), texts, llm)
+    rendered = {text: out for text, out in run.kept()}
+    update = {side: [rendered.get(t, t) for t in getattr(pair, side)] for side in ("user1_persona", "user2_persona")}
+    return pair.model_copy(update=update), run

@@ -28,8 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, Message
-from personaloom.config import SamplingConfig
+from personaloom.chat import ChatRequest, Message, Sampling
 from personaloom.dialogue import has_slot
 from personaloom.embed import FloatArray, IntArray
 from personaloom.prompts import render
@@ -54,7 +53,7 @@ def pick_question(questions: Sequence[str], seed: int, attempt: int) -> str:
 
 
 def answer_request(
-    persona: Sequence[str], question: str, attempt: int, seed: int, sampling: SamplingConfig, max_tokens: int = 32
+    persona: Sequence[str], question: str, attempt: int, seed: int, sampling: Sampling, max_tokens: int = 32
 ) -> ChatRequest:
     item = f"attempt-{attempt}"
     prompt = render("persona_answer.j2", persona=list(persona), question=question)

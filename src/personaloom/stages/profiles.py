@@ -1,6 +1,6 @@
 """User profiles: consistent sets of attributes, built one random attribute at a time (DESIGN.md §1 step 3).
 
-In: attributes (texts with ids), an `Embedder`, an `LLMClient`, ProfilesConfig / SamplingConfig, the
+In: attributes (texts with ids), an `Embedder`, an `LLMClient`, ProfilesConfig / Sampling, the
 run seed. Out: `ProfilesResult` — profiles of exactly cfg.size attributes and rejection counts by reason.
 
 A candidate attribute is rejected when
@@ -31,16 +31,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, LLMClient, Message
-from personaloom.config import ProfilesConfig, SamplingConfig
+from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling
+from personaloom.config import ProfilesConfig
 from personaloom.embed import Embedder
 from personaloom.errors import ConfigError
+from personaloom.executors.steps import run_step
 from personaloom.fingerprint import StageInputs
 from personaloom.prompts import render
-from personaloom.records import Attribute, Profile
+from personaloom.records import Attribute, Failure, Profile
 from personaloom.replies import json_object
 from personaloom.stages.persona_bootstrap import parse_answer
-from personaloom.stats import Stats
+from personaloom.step import Step
 
 STAGE = "profiles"
 # The resume fingerprint's inputs (personaloom.fingerprint); attributes come in through upstream.
@@ -64,12 +65,27 @@ class ProfilesResult:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
-def negation_request(attribute: Attribute, seed: int, sampling: SamplingConfig, max_tokens: int = 32) -> ChatRequest:
-    return ChatRequest(
-        messages=[Message(role="user", content=render("negation.j2", statement=attribute.text))],
-        params=sampling.params(max_tokens, rng.derive_seed(seed, NEGATION_STAGE, attribute.id)),
-        metadata={"stage": NEGATION_STAGE, "id": attribute.id},
-    )
+class Negate(Step[Attribute, str]):
+    """An attribute's negation, written by the LLM (seeded by the attribute id: paid once per run)."""
+
+    stage = NEGATION_STAGE
+    role = "expansion"
+
+    def __init__(self, seed: int, sampling: Sampling, max_tokens: int = 32) -> None:
+        self.seed, self.sampling, self.max_tokens = seed, sampling, max_tokens
+
+    def item_id(self, item: Attribute) -> str:
+        return item.id
+
+    def request(self, item: Attribute) -> ChatRequest:
+        return ChatRequest(
+            messages=[Message(role="user", content=render("negation.j2", statement=item.text))],
+            params=self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, NEGATION_STAGE, item.id)),
+            metadata={"stage": NEGATION_STAGE, "id": item.id},
+        )
+
+    def parse(self, item: Attribute, result: ChatResult) -> str | Failure:
+        return parse_negation(result.text) or self.failure(item, "empty", raw=result.text)
 
 
 def parse_negation(text: str) -> str:
@@ -77,15 +93,39 @@ def parse_negation(text: str) -> str:
     return parse_answer(text.replace("->", "\n"))
 
 
-def nli_request(
-    premise: str, hypothesis: str, item: str, seed: int, sampling: SamplingConfig, max_tokens: int = 16
-) -> ChatRequest:
-    return ChatRequest(
-        messages=[Message(role="user", content=render("nli.j2", premise=premise, hypothesis=hypothesis))],
-        params=sampling.params(max_tokens, rng.derive_seed(seed, NLI_STAGE, item)),
-        json_schema=NLI_SCHEMA,
-        metadata={"stage": NLI_STAGE, "id": item},
-    )
+@dataclass(frozen=True)
+class Entailment:
+    """Does `premise` entail `hypothesis`? `key`: (premise id, other id, "not" | "is")."""
+
+    key: tuple[str, str, str]
+    premise: str
+    hypothesis: str
+
+
+class AskEntailment(Step[Entailment, bool]):
+    """The NLI judge's yes/no (structured output), seeded by the question's key."""
+
+    stage = NLI_STAGE
+    role = "expansion"
+
+    def __init__(self, seed: int, sampling: Sampling, max_tokens: int = 16) -> None:
+        self.seed, self.sampling, self.max_tokens = seed, sampling, max_tokens
+
+    def item_id(self, item: Entailment) -> str:
+        return f"{item.key[0]}|{item.key[2]}:{item.key[1]}"
+
+    def request(self, item: Entailment) -> ChatRequest:
+        prompt = render("nli.j2", premise=item.premise, hypothesis=item.hypothesis)
+        return ChatRequest(
+            messages=[Message(role="user", content=prompt)],
+            params=self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, NLI_STAGE, self.item_id(item))),
+            json_schema=NLI_SCHEMA,
+            metadata={"stage": NLI_STAGE, "id": self.item_id(item)},
+        )
+
+    def parse(self, item: Entailment, result: ChatResult) -> bool | Failure:
+        answer = parse_yes_no(result.text)
+        return answer if answer is not None else self.failure(item, "unparseable", raw=result.text)
 
 
 def parse_yes_no(text: str) -> bool | None:
@@ -100,33 +140,19 @@ def parse_yes_no(text: str) -> bool | None:
 
 
 class Negations:
-    """Negation text per attribute id, each requested at most once per run (in-flight requests shared)."""
+    """Negation text per attribute id ("" when the LLM gave none), each asked once per run (the executor
+    shares a request that is already in flight)."""
 
-    def __init__(self, llm: LLMClient, seed: int, sampling: SamplingConfig, max_tokens: int) -> None:
-        self.llm, self.seed, self.sampling, self.max_tokens = llm, seed, sampling, max_tokens
-        self._futures: dict[str, asyncio.Future[str]] = {}
+    def __init__(self, llm: LLMClient, seed: int, sampling: Sampling, max_tokens: int) -> None:
+        self.llm, self.step = llm, Negate(seed, sampling, max_tokens)
+        self._done: dict[str, str] = {}
 
     async def get(self, attributes: Sequence[Attribute]) -> list[str]:
-        loop = asyncio.get_running_loop()
-        mine = [a for a in dict((a.id, a) for a in attributes).values() if a.id not in self._futures]
-        for a in mine:
-            self._futures[a.id] = loop.create_future()
-        if mine:
-            requests = [negation_request(a, self.seed, self.sampling, self.max_tokens) for a in mine]
-            try:
-                results = await self.llm.complete(requests)
-            except BaseException as exc:
-                for a in mine:
-                    future = self._futures[a.id]
-                    if isinstance(exc, Exception):
-                        future.set_exception(exc)
-                        future.exception()  # mark retrieved: waiters re-raise it; nobody else must log it
-                    else:
-                        future.cancel()
-                raise
-            for a, res in zip(mine, results, strict=True):
-                self._futures[a.id].set_result(parse_negation(res.text) if res.ok else "")
-        return [await self._futures[a.id] for a in attributes]
+        todo = [a for a in dict((a.id, a) for a in attributes).values() if a.id not in self._done]
+        run = await run_step(self.step, todo, self.llm)
+        for a, out in zip(todo, run.outputs, strict=True):
+            self._done[a.id] = "" if isinstance(out, Failure) else out
+        return [self._done[a.id] for a in attributes]
 
 
 class NLIJudge(Protocol):
@@ -156,8 +182,8 @@ class LLMJudge:
     nearly everything): that direction counts as no evidence of contradiction, and `abstained` counts it.
     """
 
-    def __init__(self, llm: LLMClient, negations: Negations, seed: int, sampling: SamplingConfig, max_tokens: int):
-        self.llm, self.negations, self.seed, self.sampling, self.max_tokens = llm, negations, seed, sampling, max_tokens
+    def __init__(self, llm: LLMClient, negations: Negations, seed: int, sampling: Sampling, max_tokens: int):
+        self.llm, self.negations, self.step = llm, negations, AskEntailment(seed, sampling, max_tokens)
         self._memo: dict[tuple[str, str, str], bool | None] = {}
         self.abstained = 0
 
@@ -178,7 +204,7 @@ class LLMJudge:
         neg_cand, neg_members = negs[0], negs[1:]
         if not neg_cand or not all(neg_members):
             return [None for _ in members]
-        todo: list[tuple[tuple[str, str, str], ChatRequest]] = []
+        todo: list[Entailment] = []
         for m, neg_m in zip(members, neg_members, strict=True):
             for key, premise, hyp in (
                 ((candidate.id, m.id, "not"), candidate.text, neg_m),
@@ -187,12 +213,10 @@ class LLMJudge:
                 ((m.id, candidate.id, "is"), m.text, candidate.text),
             ):
                 if key not in self._memo:
-                    item = f"{key[0]}|{key[2]}:{key[1]}"
-                    todo.append((key, nli_request(premise, hyp, item, self.seed, self.sampling, self.max_tokens)))
-        if todo:
-            results = await self.llm.complete([r for _, r in todo])
-            for (key, _), res in zip(todo, results, strict=True):
-                self._memo[key] = parse_yes_no(res.text) if res.ok else None
+                    todo.append(Entailment(key, premise, hyp))
+        run = await run_step(self.step, todo, self.llm)
+        for item, out in zip(todo, run.outputs, strict=True):
+            self._memo[item.key] = None if isinstance(out, Failure) else out
         return [
             _combine(self._direction(candidate.id, m.id), self._direction(m.id, candidate.id)) for m in members
         ]
@@ -245,7 +269,7 @@ class CrossEncoderJudge:
         return [bool(top[i] or top[k + i]) for i in range(k)]
 
 
-def make_judge(cfg: ProfilesConfig, llm: LLMClient, seed: int, sampling: SamplingConfig) -> NLIJudge:
+def make_judge(cfg: ProfilesConfig, llm: LLMClient, seed: int, sampling: Sampling) -> NLIJudge:
     negations = Negations(llm, seed, sampling, cfg.negation_max_tokens)
     if cfg.nli == "none":
         return NoJudge()
@@ -292,9 +316,8 @@ async def build_profiles(
     embedder: Embedder,
     llm: LLMClient,
     cfg: ProfilesConfig,
-    sampling: SamplingConfig,
+    sampling: Sampling,
     seed: int,
-    stats: Stats | None = None,
 ) -> ProfilesResult:
     distinct = len({a.text for a in attributes})
     if cfg.profiles and distinct < cfg.size:
@@ -327,8 +350,4 @@ async def build_profiles(
         )
     if isinstance(judge, LLMJudge) and judge.abstained:
         rejections["nli_abstained"] = judge.abstained  # not a rejection: judged "yes" to both, ignored
-    if stats is not None:
-        stats.add(STAGE, "profiles", len(profiles))
-        for reason, n in rejections.items():
-            stats.add(STAGE, f"rejected_{reason}", n)
     return ProfilesResult(profiles, dict(rejections))

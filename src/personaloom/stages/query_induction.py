@@ -30,8 +30,7 @@ import numpy.typing as npt
 from scipy import sparse
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, Message
-from personaloom.config import SamplingConfig
+from personaloom.chat import ChatRequest, Message, Sampling
 from personaloom.dialogue import has_slot
 from personaloom.embed import FloatArray, IntArray, NeighborIndex, greedy_leaders, normalize_rows
 from personaloom.prompts import render
@@ -121,7 +120,7 @@ def cluster_table(embeddings: npt.ArrayLike, labels: npt.ArrayLike) -> dict[str,
 
 # -- prompts ------------------------------------------------------------------------------------
 def question_request(
-    attributes: Sequence[str], cluster_id: int, seed: int, sampling: SamplingConfig, max_tokens: int = 32
+    attributes: Sequence[str], cluster_id: int, seed: int, sampling: Sampling, max_tokens: int = 32
 ) -> ChatRequest:
     """Ask for the most specific question that a cluster's sampled attributes answer."""
     item = f"cluster-{cluster_id}"
@@ -133,7 +132,7 @@ def question_request(
 
 
 def bootstrap_request(
-    questions: Sequence[str], step: int, seed: int, sampling: SamplingConfig, n_new: int = 5, max_tokens: int = 96
+    questions: Sequence[str], step: int, seed: int, sampling: Sampling, n_new: int = 5, max_tokens: int = 96
 ) -> ChatRequest:
     """Show sampled questions and ask for `n_new` more persona questions like them."""
     item = f"qboot-{step}"

@@ -1,6 +1,6 @@
 """One pair, one iteration, with the optional features: the conversation the pipeline keeps.
 
-In: a Pair (with Big Five levels when --big-five is on), the example pool, `llm_for(role)`, the
+In: a Pair (with Big Five levels when --big-five is on), the example pool, a `Router` (role -> client), the
 RunConfig and the iteration. Out: a `PairOutcome` over everything done for the pair.
   --language: the pair's attributes are first rendered in the language (stages/localize.py).
   --sessions S: session 1 is generated and critiqued as usual; before each later session each
@@ -18,15 +18,15 @@ from __future__ import annotations
 import re
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, ChatResult, Message
+from personaloom.chat import ChatRequest, ChatResult, Message, Router
 from personaloom.config import RunConfig
+from personaloom.executors.steps import run_step
 from personaloom.fingerprint import StageInputs
 from personaloom.prompts import render
-from personaloom.records import Conversation, Failure, Pair, Session, Turn
-from personaloom.stages.critic.pair_round import LLMFor, PairOutcome, account, generate_and_critique
-from personaloom.stages.generator import SessionContext
+from personaloom.records import Conversation, Failure, Pair, Session, SessionContext, Turn
 from personaloom.stages.localize import localize_pair
-from personaloom.stats import merge_tokens
+from personaloom.stages.round import PairOutcome, generate_and_critique
+from personaloom.step import Step
 from personaloom.text import prompt_language
 
 MEMORY_STAGE = "sessions.memory"
@@ -45,20 +45,33 @@ def session_gap(config: RunConfig, pair_id: str, index: int) -> str:
     return rng.rng_for(config.seed, "session-gap", pair_id, index).choice(config.sessions.gaps)
 
 
-def build_memory_request(
-    pair_id: str, speaker: int, memory: str, turns: list[Turn], index: int, config: RunConfig
-) -> ChatRequest:
-    seed = rng.derive_seed(config.seed, MEMORY_STAGE, pair_id, index, speaker)
-    params = config.sampling_for("expansion").params(config.sessions.memory_max_tokens, seed)
-    system = render("session_memory.j2", speaker=speaker, language=prompt_language(config.language))
-    return ChatRequest(
-        messages=[
-            Message(role="system", content=system),
-            Message(role="user", content=render("session_memory_user.j2", memory=memory, turns=turns)),
-        ],
-        params=params,
-        metadata={"stage": MEMORY_STAGE, "id": f"{pair_id}-s{index}-u{speaker}"},
-    )
+class Remember(Step[int, str]):
+    """Speaker n's memory (n = 1, 2) updated with the session before `index` (a Failure keeps the old one)."""
+
+    stage = MEMORY_STAGE
+
+    def __init__(self, pair_id: str, memory: dict[str, str], turns: list[Turn], index: int, config: RunConfig,
+                 iteration: int) -> None:
+        self.pair_id, self.memory, self.turns, self.index, self.config = pair_id, memory, turns, index, config
+        self.iteration = iteration
+
+    def item_id(self, item: int) -> str:
+        return f"{self.pair_id}-s{self.index}-u{item}"
+
+    def request(self, item: int) -> ChatRequest:
+        config = self.config
+        seed = rng.derive_seed(config.seed, MEMORY_STAGE, self.pair_id, self.index, item)
+        system = render("session_memory.j2", speaker=item, language=prompt_language(config.language))
+        user = render("session_memory_user.j2", memory=self.memory[f"user{item}"], turns=self.turns)
+        return ChatRequest(
+            messages=[Message(role="system", content=system), Message(role="user", content=user)],
+            params=config.sampling_for("expansion").params(config.sessions.memory_max_tokens, seed),
+            metadata={"stage": MEMORY_STAGE, "id": self.item_id(item)},
+        )
+
+    def parse(self, item: int, result: ChatResult) -> str | Failure:
+        got = parse_memory(result)
+        return got if got is not None else self.failure(item, "empty", "memory kept as before", raw=result.text)
 
 
 def parse_memory(result: ChatResult) -> str | None:
@@ -75,29 +88,21 @@ def parse_memory(result: ChatResult) -> str | None:
     return " ".join(kept[:MEMORY_SENTENCES])[:MEMORY_MAX_CHARS] or None
 
 
-def _merge(total: PairOutcome, part: PairOutcome) -> None:
-    total.candidates.extend(part.candidates)
-    total.verdicts.extend(part.verdicts)
-    total.failures.extend(part.failures)
-    merge_tokens(total.tokens, part.tokens)
-
-
 async def converse(
-    pair: Pair, examples: list[Conversation], llm_for: LLMFor, config: RunConfig, iteration: int
+    pair: Pair, examples: list[Conversation], route: Router, config: RunConfig, iteration: int
 ) -> PairOutcome:
     total = PairOutcome(pair_id=pair.id, iteration=iteration)
-    pair, failures, results = await localize_pair(pair, llm_for("generator"), config, iteration)
-    total.failures.extend(failures)
-    if results:
-        account(total.tokens, "localize", results)
-    first = await generate_and_critique(pair, examples, llm_for, config, iteration)
-    _merge(total, first)
-    total.summary = {**first.summary, "tokens": total.tokens}
+    pair, localized = await localize_pair(pair, route("generator"), config, iteration)
+    total.add("localize", localized)
+    first = await generate_and_critique(pair, examples, route, config, iteration)
+    total.merge(first)
+    total.summary = first.summary
     if first.selected is None or config.sessions.count == 1:
-        if first.selected is not None:
+        if first.selected is not None and first.selected.critic is not None:
             # The winner's own summary (with its traits reading, any trim), costed with localization too.
-            critic = {**(first.selected.critic or first.summary), "tokens": total.tokens}
+            critic = first.selected.critic.model_copy(update={"tokens": total.tokens})
             total.selected = first.selected.model_copy(update={"critic": critic})
+        total.summary = total.summary.model_copy(update={"tokens": total.tokens})
         return total
 
     kept = first.selected
@@ -107,12 +112,14 @@ async def converse(
     memory = {"user1": "", "user2": ""}
     last = kept
     for index in range(2, config.sessions.count + 1):
-        memory = await _remember(pair.id, memory, last.turns, index, llm_for, config, total)
+        remembered = await run_step(Remember(pair.id, memory, last.turns, index, config, iteration), (1, 2), route)
+        total.add("memory", remembered)
+        memory = {**memory, **{f"user{n}": got for n, got in remembered.kept()}}
         gap = session_gap(config, pair.id, index)
         for attempt in range(config.sessions.retries + 1):
             ctx = SessionContext(index=index, gap=gap, memory=dict(memory), previous=list(sessions), attempt=attempt)
-            part = await generate_and_critique(pair, examples, llm_for, config, iteration, ctx)
-            _merge(total, part)
+            part = await generate_and_critique(pair, examples, route, config, iteration, ctx)
+            total.merge(part)
             if part.selected is not None:
                 break
         if part.selected is None:
@@ -128,34 +135,10 @@ async def converse(
         last = part.selected
         sessions.append(Session(index=index, gap=gap, memory=dict(memory), turns=last.turns))
         summaries.append(last.critic or part.summary)
-    total.summary = {**summaries[-1], "sessions": summaries, "tokens": total.tokens}
+    total.summary = summaries[-1].model_copy(update={"sessions": summaries, "tokens": total.tokens})
     # The id stays session 1's winner's; turns, raw and defects are the last session's.
     total.selected = kept.model_copy(
         update={"turns": last.turns, "raw": last.raw, "defects": last.defects, "sessions": sessions,
                 "critic": total.summary}
     )
     return total
-
-
-async def _remember(
-    pair_id: str, memory: dict[str, str], turns: list[Turn], index: int, llm_for: LLMFor, config: RunConfig,
-    total: PairOutcome,
-) -> dict[str, str]:
-    """Both speakers' memories updated with the session before `index`."""
-    requests = [build_memory_request(pair_id, n, memory[f"user{n}"], turns, index, config) for n in (1, 2)]
-    results = await llm_for("generator").complete(requests)
-    account(total.tokens, "memory", results)
-    updated = dict(memory)
-    for n, result in zip((1, 2), results, strict=True):
-        got = parse_memory(result)
-        if got is None:
-            total.failures.append(
-                Failure(
-                    stage=MEMORY_STAGE, item_id=f"{pair_id}-s{index}-u{n}",
-                    reason="llm_error" if result.error else "empty", detail="memory kept as before",
-                    iteration=total.iteration,
-                )
-            )
-        else:
-            updated[f"user{n}"] = got
-    return updated

@@ -5,13 +5,15 @@ output (a JSON schema on the request, the same form spelled out in the prompt fo
 schema support), and `Verdict`s parsed from the replies.
   quality (depth, coherency, consistency, diversity, likeability), pairwise: "win"/"lose"/"tie" for
       each of the two candidates against the other (`opponent_id`);
-  quality, listwise: "rank=<n>" (1 = best) for every candidate from one ranking call;
+  quality, listwise: "rank" with `rank` = n (1 = best) for every candidate from one ranking call;
   faithfulness, toxicity: "pass"/"reject" for one candidate;
   traits (--big-five): reads each speaker's Big Five levels blind, "pass" when at least
       `min_agreement` of them match the levels the speakers were given (the reading is kept);
   cross_session (--sessions): "pass"/"reject" for a later session against the earlier ones.
 A reply that cannot be parsed (or a failed call) gives decision "abstain" with the problem in the
-rationale, never an exception; the caller records it as a Failure.
+rationale, never an exception; the round records it as a Failure. Each expert is registered as a
+`CriticExpert` (stages/critic/registry.py) at the end of this module; the evaluation reuses the
+request builders and parsers.
 Prompts live in prompts/critic_*.j2; untrusted text enters them only through `quoted`/`persona_block`.
 """
 
@@ -22,19 +24,17 @@ import re
 from typing import Any
 
 from personaloom import rng
-from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams
-from personaloom.config import SamplingConfig
+from personaloom.chat import ChatRequest, ChatResult, Message, Sampling, SamplingParams
 from personaloom.prompts import render
 from personaloom.records import TRAITS, Conversation, Expert, Session, Verdict
 from personaloom.replies import json_object
+from personaloom.stages.critic.registry import CriticExpert, ExpertContext, abstain, register
 from personaloom.text import prompt_language
 from personaloom.traits import agreement, agreement_rate, levels
 
 QUALITY_EXPERTS: tuple[Expert, ...] = ("depth", "coherency", "consistency", "diversity", "likeability")
 # traits and cross_session filter only conversations that use their feature.
 FILTER_EXPERTS: tuple[Expert, ...] = ("faithfulness", "toxicity", "traits", "cross_session")
-LLM_EXPERTS: tuple[Expert, ...] = QUALITY_EXPERTS + FILTER_EXPERTS
-ABSTAIN = "abstain"
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Short rationales: the decision comes first in the schema so that a reply cut by max_tokens still
 # carries it.
@@ -97,7 +97,6 @@ def _request(
 # ---- reply parsing ---------------------------------------------------------------------------
 
 
-
 def _field(text: str, key: str, choices: tuple[str, ...]) -> tuple[str, str] | str:
     """(choice, rationale) from a reply, or the problem as a string.
 
@@ -125,10 +124,6 @@ def _field(text: str, key: str, choices: tuple[str, ...]) -> tuple[str, str] | s
     return f"{key}={raw_value!r} is not one of {list(choices)}"
 
 
-def _abstain(conv_id: str, expert: Expert, problem: str, opponent: str | None = None) -> Verdict:
-    return Verdict(conversation_id=conv_id, expert=expert, decision=ABSTAIN, rationale=problem, opponent_id=opponent)
-
-
 def _problem(result: ChatResult) -> str | None:
     if result.error is not None:
         return f"llm error: {result.error}"
@@ -145,7 +140,7 @@ def _stamp(verdict: Verdict, conv: Conversation) -> Verdict:
 
 
 def build_pairwise_request(
-    expert: Expert, a: Conversation, b: Conversation, sampling: SamplingConfig, max_tokens: int, seed: int
+    expert: str, a: Conversation, b: Conversation, sampling: Sampling, max_tokens: int, seed: int
 ) -> ChatRequest:
     """Ask `expert` which of A (= a) and B (= b) is better. The caller picks the order."""
     system = render(f"critic_{expert}.j2", mode="pairwise", labels=["A", "B"])
@@ -154,14 +149,14 @@ def build_pairwise_request(
     return _request(system, user, PAIRWISE_SCHEMA, params, expert, f"{a.id}|{b.id}")
 
 
-def parse_pairwise(expert: Expert, a: Conversation, b: Conversation, result: ChatResult) -> list[Verdict]:
+def parse_pairwise(expert: str, a: Conversation, b: Conversation, result: ChatResult) -> list[Verdict]:
     """Two verdicts, one per candidate (win/lose/tie against the other), or two abstentions."""
     problem = _problem(result)
     parsed = _field(result.text, "better", ("A", "B", "tie")) if problem is None else problem
     if isinstance(parsed, str):
         return [
-            _stamp(_abstain(a.id, expert, parsed, b.id), a),
-            _stamp(_abstain(b.id, expert, parsed, a.id), b),
+            abstain(a, expert, parsed, b.id),
+            abstain(b, expert, parsed, a.id),
         ]
     better, rationale = parsed
     decision_a = {"A": "win", "B": "lose", "tie": "tie"}[better]
@@ -183,7 +178,7 @@ def parse_pairwise(expert: Expert, a: Conversation, b: Conversation, result: Cha
 
 
 def build_listwise_request(
-    expert: Expert, convs: list[Conversation], sampling: SamplingConfig, max_tokens: int, seed: int
+    expert: str, convs: list[Conversation], sampling: Sampling, max_tokens: int, seed: int
 ) -> ChatRequest:
     """Ask `expert` to rank all of `convs`, labelled A, B, C, ... in the given order."""
     labels = list(LABELS[: len(convs)])
@@ -216,14 +211,14 @@ def _ranking(text: str, labels: list[str]) -> tuple[list[str], str] | str:
     return order, " ".join(rationale.split())[:500]
 
 
-def parse_listwise(expert: Expert, convs: list[Conversation], result: ChatResult) -> list[Verdict]:
-    """One "rank=<n>" verdict per candidate. Labels the judge left out (small models repeat one)
+def parse_listwise(expert: str, convs: list[Conversation], result: ChatResult) -> list[Verdict]:
+    """One "rank" verdict per candidate (`rank` 1 = best). Labels the judge left out (small models repeat one)
     share the rank after the last one it gave, so a partial ranking still counts for what it says."""
     labels = list(LABELS[: len(convs)])
     problem = _problem(result)
     parsed = _ranking(result.text, labels) if problem is None else problem
     if isinstance(parsed, str):
-        return [_stamp(_abstain(c.id, expert, parsed), c) for c in convs]
+        return [abstain(c, expert, parsed) for c in convs]
     order, rationale = parsed
     shown = ", ".join(f"{label}={c.id}" for label, c in zip(labels, convs, strict=True))
     note = f"[shown as {shown}; ranking {''.join(order)}] {rationale}".strip()
@@ -231,19 +226,19 @@ def parse_listwise(expert: Expert, convs: list[Conversation], result: ChatResult
     for label, conv in zip(labels, convs, strict=True):
         rank = order.index(label) + 1 if label in order else len(order) + 1
         verdicts.append(
-            _stamp(Verdict(conversation_id=conv.id, expert=expert, decision=f"rank={rank}", rationale=note), conv)
+            _stamp(Verdict(conversation_id=conv.id, expert=expert, decision="rank", rank=rank, rationale=note), conv)
         )
     return verdicts
 
 
 def _pass_or_reject(
-    conv: Conversation, result: ChatResult, expert: Expert, key: str, labels: tuple[str, str]
+    conv: Conversation, result: ChatResult, expert: str, key: str, labels: tuple[str, str]
 ) -> Verdict:
     """A pass/reject expert's verdict from a reply whose `key` holds labels[0] (pass) or labels[1]."""
     problem = _problem(result)
     parsed = _field(result.text, key, labels) if problem is None else problem
     if isinstance(parsed, str):
-        return _stamp(_abstain(conv.id, expert, parsed), conv)
+        return abstain(conv, expert, parsed)
     label, rationale = parsed
     decision = "pass" if label == labels[0] else "reject"
     return _stamp(Verdict(conversation_id=conv.id, expert=expert, decision=decision, rationale=rationale), conv)
@@ -253,7 +248,7 @@ def _pass_or_reject(
 
 
 def build_faithfulness_request(
-    conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+    conv: Conversation, sampling: Sampling, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
     system = render("critic_faithfulness.j2", language=prompt_language(conv.language))
     user = render("critic_faithfulness_user.j2", user1=conv.user1_persona, user2=conv.user2_persona, turns=conv.turns)
@@ -269,7 +264,7 @@ def parse_faithfulness(conv: Conversation, result: ChatResult) -> Verdict:
 
 
 def build_toxicity_request(
-    conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+    conv: Conversation, sampling: Sampling, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
     """Is `conv` toxic? Also used by the evaluation suite (toxicity rate)."""
     system = render("critic_toxicity.j2", language=prompt_language(conv.language))
@@ -293,7 +288,7 @@ def judged_traits(conv: Conversation) -> list[str]:
 
 
 def build_traits_request(
-    conv: Conversation, sampling: SamplingConfig, seed: int, max_tokens: int = 160
+    conv: Conversation, sampling: Sampling, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
     """Read both speakers' levels of the traits they were given (the judge does not see the levels)."""
     traits = judged_traits(conv)
@@ -329,7 +324,7 @@ def parse_traits(conv: Conversation, result: ChatResult, min_agreement: float = 
     problem = _problem(result)
     parsed = _reading(result.text, judged_traits(conv)) if problem is None else problem
     if isinstance(parsed, str):
-        return _stamp(_abstain(conv.id, "traits", parsed), conv)
+        return abstain(conv, "traits", parsed)
     per_trait = agreement({"user1": conv.user1_traits, "user2": conv.user2_traits}, parsed)
     rate = agreement_rate(per_trait)
     matches = sum(m for m, _ in per_trait.values())
@@ -361,7 +356,7 @@ def build_cross_session_request(
     conv: Conversation,
     earlier: list[Session],
     gap: str,
-    sampling: SamplingConfig,
+    sampling: Sampling,
     seed: int,
     max_tokens: int = 160,
     memory: dict[str, str] | None = None,
@@ -376,3 +371,84 @@ def build_cross_session_request(
 
 def parse_cross_session(conv: Conversation, result: ChatResult) -> Verdict:
     return _pass_or_reject(conv, result, "cross_session", "verdict", ("consistent", "contradictory"))
+
+
+# ---- the registered experts ------------------------------------------------------------------
+
+
+class QualityExpert(CriticExpert):
+    """One of the paper's quality experts (prompts/critic_<name>.j2), pairwise or listwise by ctx.mode."""
+
+    kind = "quality"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def request(self, shown: tuple[Conversation, ...], ctx: ExpertContext) -> ChatRequest:
+        if ctx.mode == "listwise":
+            return build_listwise_request(self.name, list(shown), ctx.sampling, ctx.max_tokens, ctx.seed)
+        a, b = shown
+        return build_pairwise_request(self.name, a, b, ctx.sampling, ctx.max_tokens, ctx.seed)
+
+    def parse(self, shown: tuple[Conversation, ...], result: ChatResult, ctx: ExpertContext) -> list[Verdict]:
+        if ctx.mode == "listwise":
+            return parse_listwise(self.name, list(shown), result)
+        a, b = shown
+        return parse_pairwise(self.name, a, b, result)
+
+
+class Faithfulness(CriticExpert):
+    name = "faithfulness"
+
+    def request(self, shown: tuple[Conversation, ...], ctx: ExpertContext) -> ChatRequest:
+        return build_faithfulness_request(shown[0], ctx.sampling, ctx.seed, ctx.max_tokens)
+
+    def parse(self, shown: tuple[Conversation, ...], result: ChatResult, ctx: ExpertContext) -> list[Verdict]:
+        return [parse_faithfulness(shown[0], result)]
+
+
+class Toxicity(CriticExpert):
+    name = "toxicity"
+
+    def request(self, shown: tuple[Conversation, ...], ctx: ExpertContext) -> ChatRequest:
+        return build_toxicity_request(shown[0], ctx.sampling, ctx.seed, ctx.max_tokens)
+
+    def parse(self, shown: tuple[Conversation, ...], result: ChatResult, ctx: ExpertContext) -> list[Verdict]:
+        return [parse_toxicity(shown[0], result)]
+
+
+class Traits(CriticExpert):
+    """--big-five: judges only a conversation whose speakers were given levels."""
+
+    name = "traits"
+
+    def applies(self, conv: Conversation, ctx: ExpertContext) -> bool:
+        return bool(judged_traits(conv))
+
+    def request(self, shown: tuple[Conversation, ...], ctx: ExpertContext) -> ChatRequest:
+        return build_traits_request(shown[0], ctx.sampling, ctx.seed, ctx.max_tokens)
+
+    def parse(self, shown: tuple[Conversation, ...], result: ChatResult, ctx: ExpertContext) -> list[Verdict]:
+        return [parse_traits(shown[0], result, ctx.min_agreement)]
+
+
+class CrossSession(CriticExpert):
+    """--sessions: judges only a later session's candidates, against the earlier sessions."""
+
+    name = "cross_session"
+
+    def applies(self, conv: Conversation, ctx: ExpertContext) -> bool:
+        return ctx.session is not None
+
+    def request(self, shown: tuple[Conversation, ...], ctx: ExpertContext) -> ChatRequest:
+        assert ctx.session is not None  # applies() admits later sessions only
+        s = ctx.session
+        return build_cross_session_request(shown[0], s.previous, s.gap, ctx.sampling, ctx.seed, ctx.max_tokens,
+                                           s.memory)
+
+    def parse(self, shown: tuple[Conversation, ...], result: ChatResult, ctx: ExpertContext) -> list[Verdict]:
+        return [parse_cross_session(shown[0], result)]
+
+
+for _expert in (*(QualityExpert(n) for n in QUALITY_EXPERTS), Faithfulness(), Toxicity(), Traits(), CrossSession()):
+    register(_expert)

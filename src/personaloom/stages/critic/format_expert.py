@@ -1,6 +1,6 @@
 """The rule-based format expert: a parsed candidate in, a pass/reject Verdict with its reasons out.
 
-Reasons (codes, first in the rationale, then details):
+Reasons (codes, in the verdict's `reasons` and first in its rationale, then details):
   empty            no utterance at all
   empty_utterance  a speaker prefix with nothing after it
   placeholders     a template slot such as "[name]", "[User 1's name]", "(user 1's name)" or "(city)"
@@ -97,13 +97,12 @@ def repetition_problems(turns: list[Turn]) -> list[str]:
 
 def _trim_note(conv: Conversation) -> tuple[str, str] | None:
     """(cause, note) when the generator cut the reply before its first defect (generate.trim)."""
-    trimmed = (conv.critic or {}).get("trimmed")
-    if not isinstance(trimmed, dict):
+    trimmed = conv.trimmed
+    if trimmed is None:
         return None
-    cause = str(trimmed.get("at", ""))
     return (
-        cause,
-        f"reply cut before its first defect ({cause}) after {trimmed.get('kept')} of {trimmed.get('of')} utterances",
+        trimmed.at,
+        f"reply cut before its first defect ({trimmed.at}) after {trimmed.kept} of {trimmed.of} utterances",
     )
 
 
@@ -164,29 +163,27 @@ def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[T
     return sorted(found, key=lambda p: order.get(p[0], len(REASONS)))
 
 
-def format_reasons(conv: Conversation, min_utterances: int) -> list[str]:
-    return [code for code, _ in format_problems(conv, min_utterances) if code]
-
-
 def check_format(
     conv: Conversation, min_utterances: int, iteration: int | None = None, earlier: Sequence[Turn] = ()
 ) -> Verdict:
-    """Verdict(expert="format"): "pass", or "reject" with rationale "code1,code2: details".
-    `earlier`: the utterances of the sessions before this one (--sessions)."""
+    """Verdict(expert="format"): "pass", or "reject" with the codes in `reasons` and the details in the
+    rationale ("code1,code2: details"). `earlier`: the utterances of the sessions before this one (--sessions)."""
     problems = format_problems(conv, min_utterances, earlier)
+    reasons: list[str] | None = None
     if not problems:
         decision, rationale = "pass", f"{len(conv.turns)} utterances, alternating speakers, no defects"
         trim = _trim_note(conv)
         if trim is not None:
             rationale += f" ({trim[1]})"
     else:
-        codes = ",".join(code for code, _ in problems if code)
-        decision, rationale = "reject", f"{codes}: " + "; ".join(detail for _, detail in problems)
+        reasons = [code for code, _ in problems if code]
+        decision, rationale = "reject", f"{','.join(reasons)}: " + "; ".join(detail for _, detail in problems)
     return Verdict(
         conversation_id=conv.id,
         expert="format",
         decision=decision,
         rationale=rationale,
+        reasons=reasons,
         pair_id=conv.pair_id,
         iteration=conv.iteration if iteration is None else iteration,
     )

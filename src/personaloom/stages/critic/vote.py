@@ -5,7 +5,7 @@
    `reject_on_abstain`, when a faithfulness/toxicity judge abstains on it).
 2. Score the survivors with the quality experts, each worth its weight:
    pairwise verdicts: "win" against another survivor = weight, "tie" = weight / 2, "lose" = 0;
-   listwise verdicts ("rank=<n>"): a ranking is read as the pairwise wins it implies among the
+   listwise verdicts ("rank", with `rank`): a ranking is read as the pairwise wins it implies among the
    survivors (ranked above = weight, same rank = weight / 2), i.e. Borda points restricted to the
    survivors, so filtered candidates cannot shift the others' scores.
    Comparisons against a filtered candidate and abstentions count for nothing.
@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
-from personaloom.records import Verdict
-from personaloom.stages.critic.experts import ABSTAIN, FILTER_EXPERTS, QUALITY_EXPERTS
+from personaloom.records import CriticSummary, Verdict
+from personaloom.stages.critic.registry import ABSTAIN, is_quality
 
 
 @dataclass
@@ -35,39 +34,24 @@ class VoteResult:
     # what decided: "score", "wins", "index", "only_survivor" or "none"
     decided_by: str = "none"
 
-    def summary(self, mode: str, weights: dict[str, float]) -> dict[str, Any]:
-        return {
-            "mode": mode,
-            "winner": self.winner,
-            "votes": {k: round(v, 6) for k, v in self.scores.items()},
-            "wins": {k: round(v, 6) for k, v in self.wins.items()},
-            "filtered": self.filtered,
-            "abstained": self.abstained,
-            "decided_by": self.decided_by,
-            "weights": weights,
-        }
+    def summary(self, mode: str, weights: dict[str, float], experts: list[str]) -> CriticSummary:
+        return CriticSummary(
+            mode=mode, winner=self.winner, votes={k: round(v, 6) for k, v in self.scores.items()},
+            wins={k: round(v, 6) for k, v in self.wins.items()}, filtered=self.filtered, abstained=self.abstained,
+            decided_by=self.decided_by, weights=weights, experts=experts,
+        )
 
 
 def filter_reasons(verdict: Verdict, reject_on_abstain: bool = False) -> list[str]:
-    """Why this verdict filters its candidate ([] when it does not)."""
-    if verdict.expert == "format" and verdict.decision == "reject":
-        codes = verdict.rationale.split(":", 1)[0]
-        return [f"format:{c}" for c in codes.split(",") if c] or ["format"]
-    if verdict.expert in FILTER_EXPERTS or verdict.expert == "language":
-        if verdict.decision == "reject":
-            return [verdict.expert]
-        if verdict.decision == ABSTAIN and reject_on_abstain:
-            return [f"{verdict.expert}:abstain"]
+    """Why this verdict filters its candidate ([] when it does not): any non-quality expert's "reject"
+    (the format expert's with its reason codes), and with `reject_on_abstain` its "abstain"."""
+    if is_quality(verdict.expert):
+        return []
+    if verdict.decision == "reject":
+        return [f"{verdict.expert}:{code}" for code in verdict.reasons or []] or [verdict.expert]
+    if verdict.decision == ABSTAIN and reject_on_abstain and verdict.expert != "format":
+        return [f"{verdict.expert}:abstain"]
     return []
-
-
-def _rank(decision: str) -> int | None:
-    if not decision.startswith("rank="):
-        return None
-    try:
-        return int(decision[5:])
-    except ValueError:
-        return None
 
 
 def vote(
@@ -100,11 +84,10 @@ def vote(
 
     ranks: dict[str, dict[str, int]] = defaultdict(dict)
     for v in verdicts:
-        if v.expert not in QUALITY_EXPERTS or v.conversation_id not in alive:
+        if not is_quality(v.expert) or v.conversation_id not in alive:
             continue
-        rank = _rank(v.decision)
-        if rank is not None:
-            ranks[v.expert][v.conversation_id] = rank
+        if v.decision == "rank" and v.rank is not None:
+            ranks[v.expert][v.conversation_id] = v.rank
         elif v.opponent_id in alive and v.decision in ("win", "tie"):
             credit(v.conversation_id, v.expert, 1.0 if v.decision == "win" else 0.5)
     for expert, by_id in ranks.items():

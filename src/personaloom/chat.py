@@ -1,0 +1,132 @@
+"""Chat requests and results: the types every layer shares (config, backends, executors, stages).
+
+A `ChatRequest` carries chat messages, sampling parameters, an optional JSON schema for structured
+output and metadata (stage, record id). A `ChatResult` carries the text(s), token usage, finish
+reason, latency and an error, if any. `Sampling` holds the paper's defaults (top-k 40, temperature
+0.7) once; `SamplingParams` adds one request's token cap, stop strings and seed. `LLMClient` is what an
+executor offers (cache, concurrency, accounting in front of a backend); only the executor's `run_step`
+calls it (personaloom.executors.steps).
+
+This module imports nothing of personaloom but the record base class, so that config, backends and
+stages can all depend on it without cycles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
+
+from pydantic import Field
+
+from personaloom.records import Record
+
+
+class Message(Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Sampling(Record):
+    """Sampling settings; the defaults are the paper's (top-k 40, temperature 0.7). A field set to None is
+    not sent: the server's own default applies (`top_k: null` for an endpoint that rejects it)."""
+
+    temperature: float | None = 0.7
+    top_k: int | None = 40
+    top_p: float | None = 1.0
+
+    def params(self, max_tokens: int, seed: int, **override: Any) -> SamplingParams:
+        """One request's sampling parameters: these settings, its token cap and its derived seed
+        (`override`: e.g. the generator's stop strings)."""
+        values: dict[str, Any] = {
+            "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "max_tokens": max_tokens,
+            "seed": seed,
+        }
+        return SamplingParams(**{**values, **override})
+
+
+# Judges (the evaluation's Turing, faithfulness, toxicity and feature tests) decode greedily: a test, not
+# a sample.
+GREEDY = Sampling(temperature=0.0, top_k=1, top_p=1.0)
+
+
+class SamplingParams(Sampling):
+    """One request's sampling: the settings plus its token cap, stop strings and seed."""
+
+    max_tokens: int = 256
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class ChatRequest(Record):
+    messages: list[Message]
+    params: SamplingParams = Field(default_factory=SamplingParams)
+    json_schema: dict[str, Any] | None = None
+    # stage, record id, ...: for accounting and progress only; not part of the cache key.
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def stage(self) -> str:
+        return self.metadata.get("stage", "llm")
+
+    def cache_key(self, backend_kind: str, model_id: str) -> str:
+        """Hash of everything that determines the reply (backend kind, model, messages, params, schema)."""
+        payload = {
+            "backend": backend_kind,
+            "model": model_id,
+            "messages": [m.model_dump() for m in self.messages],
+            "params": self.params.model_dump(),
+            "schema": self.json_schema,
+        }
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Usage(Record):
+    """Token counts of one call. `reported` is False when the server sent no usage block: the counts
+    are then unknown (0 here, and counted apart in stats), never a measured zero."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reported: bool = True
+
+
+class ChatResult(Record):
+    texts: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: str | None = None
+    latency_s: float = 0.0
+    # Set when this request failed after the backend's own retries; texts is then empty.
+    error: str | None = None
+    cached: bool = False
+    retries: int = 0
+    # What the server sent as reasoning (message.reasoning_content / message.reasoning), one per text;
+    # read by replies.normalize, which drops it: it is never an answer and never cached.
+    reasoning: list[str] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.texts)
+
+
+class LLMClient(Protocol):
+    """An executor's client (cache + concurrency + accounting + progress) in front of a backend. Stages
+    never call it: they hand a `Step` to `personaloom.executors.steps.run_step`."""
+
+    async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """One result per request, in order; failures are results with `error` set."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's connections."""
+        ...
+
+
+# A role ("generator", "expansion" or an expert's name) -> the client that serves it (an expert may be
+# judged by its own backend).
+Router = Callable[[str], LLMClient]

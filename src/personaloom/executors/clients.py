@@ -1,0 +1,90 @@
+"""One executor client per backend configuration of a run, sharing the response cache, the stats and one
+concurrency bound per endpoint.
+
+In: a RunConfig, the run directory (for cache.sqlite) and the run's Stats. Out: `main` (the run's backend)
+and `role(name)` (an expert's own backend where it has one, else the main one) — a `Router` for
+`run_step`. Two configurations of the same endpoint (kind, server URL, model) — e.g. two experts on one
+server with different timeouts — get two clients but one bound: the lowest `concurrency` configured for
+it. An in-process model takes one request at a time whatever `backend.concurrency` says; a setting
+above that is reported once, not silently overridden.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from personaloom.backends import create_backend
+from personaloom.backends.cache import ResponseCache
+from personaloom.chat import LLMClient
+from personaloom.config import BackendConfig, RunConfig
+from personaloom.executors.local import LLM, Endpoint
+from personaloom.stats import Stats
+
+console = Console(stderr=True, highlight=False)
+
+
+def endpoint_key(cfg: BackendConfig) -> tuple[str, str | None, str | None]:
+    return cfg.kind, cfg.base_url, cfg.model
+
+
+class Clients:
+    """The run's clients (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, out: Path, stats: Stats) -> None:
+        self.config = config
+        self.out = out
+        self.stats = stats
+        self._cache: ResponseCache | None = None
+        self._clients: dict[str, LLMClient] = {}
+        self._endpoints: dict[tuple[str, str | None, str | None], Endpoint] = {}
+        configs = [config.backend, *(e.backend for e in config.critic.experts.values() if e.backend is not None)]
+        for bcfg in configs:
+            key = endpoint_key(bcfg)
+            if key in self._endpoints:
+                self._endpoints[key].join(bcfg.concurrency)
+            else:
+                self._endpoints[key] = Endpoint(":".join(str(k or "") for k in key), bcfg.concurrency)
+
+    def _cache_obj(self) -> ResponseCache | None:
+        if self._cache is None and self.config.cache:
+            self._cache = ResponseCache(self.out / "cache.sqlite")
+        return self._cache
+
+    def for_backend(self, bcfg: BackendConfig) -> LLMClient:
+        key = bcfg.model_dump_json()
+        if key not in self._clients:
+            if self.config.executor == "ray":
+                from personaloom.executors.ray import RayLLM
+
+                r = self.config.ray
+                self._clients[key] = RayLLM(
+                    bcfg, self._cache_obj(), self.stats, progress=True, address=r.address, workers=r.workers,
+                    actors=r.actors, num_cpus=r.num_cpus, max_batch=r.max_batch, wait_ms=r.wait_ms,
+                    remote_args={"num_gpus": r.num_gpus} if r.num_gpus else None,
+                )
+            else:
+                backend = create_backend(bcfg)
+                if "concurrency" in bcfg.model_fields_set and bcfg.concurrency > backend.max_concurrency:
+                    console.print(f"[yellow]backend.concurrency={bcfg.concurrency} does not apply to {backend!r}: it "
+                                  f"takes {backend.max_concurrency} request(s) at a time[/yellow]")
+                endpoint = self._endpoints.setdefault(endpoint_key(bcfg), Endpoint(repr(backend), bcfg.concurrency))
+                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True, endpoint=endpoint)
+        return self._clients[key]
+
+    @property
+    def main(self) -> LLMClient:
+        return self.for_backend(self.config.backend)
+
+    def role(self, name: str) -> LLMClient:
+        expert = self.config.critic.experts.get(name)
+        if expert is not None and expert.backend is not None:
+            return self.for_backend(expert.backend)
+        return self.main
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        if self._cache is not None:
+            self._cache.close()
