@@ -30,8 +30,8 @@ from personaloom.backends.base import Backend, ChatRequest, ChatResult, Usage
 from personaloom.backends.fake import demo_responder
 from personaloom.config import CriticConfig, GenerateConfig, RunConfig
 from personaloom.executors.local import LLM
-from personaloom.pipeline import load_seed_set
 from personaloom.records import Conversation, Pair
+from personaloom.seed_data import load_seed_set
 from personaloom.stages.critic import generate_and_critique
 
 # ChatML: "<|im_start|>{role}\n" ... "<|im_end|>\n" per message, "<|im_start|>assistant\n" to reply.

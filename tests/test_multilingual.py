@@ -15,10 +15,10 @@ from personaloom.backends.fake import FakeBackend
 from personaloom.config import GenerateConfig, RunConfig, SamplingConfig, build_config
 from personaloom.errors import ConfigError
 from personaloom.evaluate.features import languages
-from personaloom.pipeline import next_pool
 from personaloom.records import Conversation, Pair, Turn
 from personaloom.stages import generator
 from personaloom.stages.critic.experts import build_faithfulness_request, build_toxicity_request
+from personaloom.stages.iteration import next_pool
 from personaloom.stages.localize import localize_pair, parse_reply
 
 PAIR = Pair(id="p1", user1_persona=["I have two dogs.", "I love jazz."], user2_persona=["I love jazz.", "I bake."])

@@ -45,8 +45,8 @@ def backends_in_use(config: RunConfig) -> list[tuple[list[str], BackendConfig]]:
 def check_embedded(bcfg: BackendConfig) -> tuple[bool, str]:
     from pathlib import Path
 
-    from personaloom.backends import default_gguf_path
     from personaloom.backends.llamacpp import default_threads
+    from personaloom.backends.models import default_gguf_path
     from personaloom.native import compiled_features, crash_message, missing, non_portable, probe
 
     try:

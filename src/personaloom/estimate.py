@@ -18,20 +18,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from personaloom import stagenames as names
 from personaloom.config import RunConfig
+from personaloom.stages.critic.experts import QUALITY_EXPERTS
 from personaloom.text import is_english
 
-QUALITY = ("depth", "coherency", "consistency", "diversity", "likeability")
 # (prompt, completion) tokens per call when nothing was measured yet: SmolLM2-sized prompts.
 DEFAULT_TOKENS: dict[str, tuple[int, int]] = {
-    "expand.queries": (160, 24),
-    "expand.bootstrap": (140, 20),
-    "profiles.negation": (90, 16),
-    "profiles.nli": (130, 8),
-    "generate": (1400, 300),
-    "critic": (900, 60),
-    "localize": (90, 20),
-    "sessions.memory": (400, 60),
+    names.EXPAND_QUESTIONS: (160, 24),
+    names.EXPAND_ANSWERS: (140, 20),
+    names.PROFILES_NEGATION: (90, 16),
+    names.PROFILES_NLI: (130, 8),
+    names.GENERATE: (1400, 300),
+    names.CRITIC: (900, 60),
+    names.LOCALIZE: (90, 20),
+    names.SESSIONS_MEMORY: (400, 60),
 }
 # Share of bootstrap answers that survive the filters and the novelty check (measured on SmolLM2).
 BOOTSTRAP_ACCEPT = 0.4
@@ -45,34 +46,34 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
     if ex.max_clusters_for_questions is not None:
         clusters = min(clusters, ex.max_clusters_for_questions)
     calls: dict[str, float] = {
-        "expand.queries": clusters * ex.questions_per_cluster + ex.bootstrap_steps,
-        "expand.bootstrap": ex.new_attributes / BOOTSTRAP_ACCEPT,
+        names.EXPAND_QUESTIONS: clusters * ex.questions_per_cluster + ex.bootstrap_steps,
+        names.EXPAND_ANSWERS: ex.new_attributes / BOOTSTRAP_ACCEPT,
     }
     if pr.nli == "llm":
-        calls["profiles.negation"] = pr.profiles * pr.size
-        calls["profiles.nli"] = pr.profiles * NLI_TRIES_PER_SLOT * comb(pr.size, 2)
+        calls[names.PROFILES_NEGATION] = pr.profiles * pr.size
+        calls[names.PROFILES_NLI] = pr.profiles * NLI_TRIES_PER_SLOT * comb(pr.size, 2)
     pairs = min(ge.pairs, config.pair.max_pairs if not config.pair.keep_seed_pairs else ge.pairs)
     c = ge.candidates
     # Every session is a full Generator-Critic round (assuming each is kept, the most it can cost).
     sessions = config.sessions.count
-    calls["generate"] = pairs * c * sessions
+    calls[names.GENERATE] = pairs * c * sessions
     if not is_english(config.language):
-        calls["localize"] = pairs * 2 * pr.size  # at most: the cache pays an attribute shared by pairs once
+        calls[names.LOCALIZE] = pairs * 2 * pr.size  # at most: the cache pays an attribute shared by pairs once
     if sessions > 1:
-        calls["sessions.memory"] = pairs * 2 * (sessions - 1)
+        calls[names.SESSIONS_MEMORY] = pairs * 2 * (sessions - 1)
 
     def on(name: str) -> bool:
         expert = cr.experts.get(name)
         return expert is None or expert.enabled
 
-    quality = sum(1 for q in QUALITY if on(q))
+    quality = sum(1 for q in QUALITY_EXPERTS if on(q))
     filters = sum(1 for f in ("faithfulness", "toxicity") if on(f)) + (config.big_five.active and on("traits"))
     if cr.mode == "listwise":
         per_session = quality + filters * c
     else:
         per_session = quality * comb(c, 2) * (2 if cr.both_orders else 1) + filters * c
     cross = c * (sessions - 1) if on("cross_session") else 0
-    calls["critic"] = pairs * (per_session * sessions + cross)
+    calls[names.CRITIC] = pairs * (per_session * sessions + cross)
     return calls
 
 

@@ -43,7 +43,7 @@ def backend_identity(cfg: BackendConfig) -> dict[str, Any]:
     """The fields of `cfg` that decide what its model answers; the default GGUF as file name + size."""
     ident = cfg.model_dump(include=set(_IDENTITY), mode="json")
     if cfg.kind == "embedded" and cfg.model is None:
-        from personaloom.backends import default_gguf_path
+        from personaloom.backends.models import default_gguf_path
 
         try:
             path = default_gguf_path()

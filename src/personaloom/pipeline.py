@@ -18,60 +18,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from personaloom import stagenames as names
 from personaloom.config import RunConfig, dump_config
 from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
-from personaloom.records import Attribute, Conversation, Failure, Pair, Profile, Question
+from personaloom.records import Attribute, Conversation, Pair, Profile, Question
+from personaloom.rundir import (
+    RunState,
+    files_fingerprint,
+    print_table1,
+    print_totals,
+    read_json,
+    remove_stale_temp,
+    write_dataset,
+    write_stats,
+)
 from personaloom.seed_data import SeedSet, load_seed_set
-from personaloom.stats import Stats, merge_tokens
-from personaloom.text import is_english
+from personaloom.stages.iteration import dataset_summary, next_pool, split_rounds
+from personaloom.stats import Stats
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
-STAGES = ("expand", "profiles", "pair", "generate")
+STAGES = (names.EXPAND, names.PROFILES, names.PAIR, names.GENERATE)
 console = Console(stderr=True, highlight=False)
-
-
-@dataclass
-class RunState:
-    """state.json: the fingerprint each finished stage was computed with."""
-
-    path: Path
-    done: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> RunState:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(path, {str(k): str(v) for k, v in data.get("done", {}).items()})
-        except (FileNotFoundError, ValueError, AttributeError):
-            return cls(path)
-
-    def is_done(self, stage: str, fingerprint: str, *files: Path) -> bool:
-        return self.done.get(stage) == fingerprint and all(f.exists() for f in files)
-
-    def mark(self, stage: str, fingerprint: str) -> None:
-        self.done[stage] = fingerprint
-        atomic_write_text(self.path, json.dumps({"done": self.done}, indent=2, sort_keys=True) + "\n")
 
 
 class Pipeline:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.out = ensure_dir(config.out)
-        _remove_stale_temp(self.out)
+        remove_stale_temp(self.out)
         self.stats = Stats()
         self.state = RunState.load(self.out / "state.json")
         self.clients = Clients(config, self.out, self.stats)
@@ -156,7 +141,7 @@ class Pipeline:
         target = self._path("attributes.jsonl")
         if self.state.is_done("expand", fp, target, self._path("expansion.json")):
             attributes: list[Attribute] = self._read("attributes.jsonl", Attribute)
-            table = _read_json(self._path("expansion.json")).get("table1", {})
+            table = read_json(self._path("expansion.json")).get("table1", {})
             self.stats.extra["expansion"] = table
             console.print(f"[dim]expand: up to date ({len(attributes)} attributes)[/dim]")
             return attributes
@@ -178,7 +163,7 @@ class Pipeline:
         self._check_alive("expand", before)
         self.stats.extra["expansion"] = result.table
         self._mark("expand", fp, errors)
-        _print_table1(result.table)
+        print_table1(result.table)
         return list(result.attributes)
 
     async def _describe_personas(self, st: dict[str, Any]) -> list[Attribute]:
@@ -202,7 +187,7 @@ class Pipeline:
         from personaloom.stages.profiles import INPUTS
 
         fp = fingerprint(INPUTS, cfg, self.state.done.get("expand"),
-                         _files_fp(self._path("attributes.jsonl"), self._path("personas.jsonl")))
+                         files_fingerprint(self._path("attributes.jsonl"), self._path("personas.jsonl")))
         target = self._path("profiles.jsonl")
         if self.state.is_done("profiles", fp, target):
             profiles: list[Profile] = self._read("profiles.jsonl", Profile)
@@ -232,7 +217,7 @@ class Pipeline:
         cfg = self.config
         from personaloom.stages.pairing import INPUTS
 
-        fp = fingerprint(INPUTS, cfg, self.state.done.get("profiles"), _files_fp(self._path("profiles.jsonl")))
+        fp = fingerprint(INPUTS, cfg, self.state.done.get("profiles"), files_fingerprint(self._path("profiles.jsonl")))
         target = self._path("pairs.jsonl")
         if self.state.is_done("pair", fp, target):
             pairs: list[Pair] = self._read("pairs.jsonl", Pair)
@@ -265,7 +250,7 @@ class Pipeline:
         chosen = [assign_to_pair(p, cfg.big_five, cfg.seed, profiles) for p in pairs[: gen.pairs]]
         if not chosen:
             raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
-        rounds = _split(chosen, gen.iterations)
+        rounds = split_rounds(chosen, gen.iterations)
         pool: list[Conversation] = list(self.seed_set.conversations)
         kept: list[Conversation] = []
         summaries: list[dict[str, Any]] = []
@@ -288,11 +273,11 @@ class Pipeline:
                 selected = await self._round(k, round_pairs, pool, folder)
                 self._check_alive(f"iteration {k}", before)
                 self._mark(stage, fp, errors)
-            summaries.append(_read_json(folder / "summary.json"))
+            summaries.append(read_json(folder / "summary.json"))
             kept.extend(selected)
             pool = next_pool(pool, kept, selected, cfg.language)
             upstream = fp
-        self.stats.extra["dataset"] = _dataset_summary(summaries, len(kept), cfg.critic.mode)
+        self.stats.extra["dataset"] = dataset_summary(summaries, len(kept), cfg.critic.mode)
         return kept
 
     def _personas(self) -> list[Profile]:
@@ -316,124 +301,11 @@ class Pipeline:
         )
         return selected
 
-    # -- outputs -------------------------------------------------------------------------------
-    def write_dataset(self, conversations: list[Conversation]) -> None:
-        from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
-
-        with self.stats.stage("write"):
-            write_jsonl(self._path("conversations.jsonl"), conversations)
-            write_spc_csv(self._path("spc.csv"), conversations)
-            write_hf_dataset(self._path("dataset"), conversations)
-            self.stats.conversations = len(conversations)
-            write_dataset_card(
-                self._path("README.md"),
-                conversations,
-                title=f"personaloom dataset ({self.out.name})",
-                sources=[f"seed data: {self.seed_set.name}", f"backend: {self.config.backend.kind}"],
-                config=json.loads(json.dumps(self.config.model_dump(mode="json"))),
-                stats=self.stats.to_dict(),
-            )
-
-    def write_stats(self, started: float) -> None:
-        """stats.json, and failures.jsonl: every LLM call of this invocation that failed, with the
-        server's words (empty when none failed)."""
-        from personaloom.io import write_jsonl
-
-        data = self.stats.to_dict()
-        data["wall_s"] = round(time.perf_counter() - started, 3)
-        atomic_write_text(self._path("stats.json"), json.dumps(data, indent=2, sort_keys=True) + "\n")
-        failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=message)
-                  for stage, item, message in self.stats.failed_calls]
-        write_jsonl(self._path("failures.jsonl"), failed)
-
     def write_report(self) -> None:
-        try:
-            from personaloom.evaluate.suite import evaluate
-        except ImportError:
-            return
+        from personaloom.evaluate.suite import evaluate
+
         with self.stats.stage("report"):
             asyncio.run(evaluate(self.out, None, self.out, judge=None, seed=self.config.seed))
-
-
-def _remove_stale_temp(out: Path) -> None:
-    """Temp files/folders of atomic writes that a killed run left behind (".<name>.<random>.tmp")."""
-    for path in [*out.glob(".*.tmp"), *out.glob("iterations/*/.*.tmp")]:
-        with contextlib.suppress(OSError):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
-def next_pool(
-    pool: list[Conversation], kept: list[Conversation], selected: list[Conversation], language: str | None
-) -> list[Conversation]:
-    """The few-shot pool of the next round: the winners join it; with --language (other than English),
-    once in-language winners exist they replace the seed examples."""
-    if not is_english(language) and kept:
-        return list(kept)
-    return [*pool, *selected]
-
-
-def _files_fp(*paths: Path) -> str:
-    """Content hash of a stage's input files (a hand-edited profiles.jsonl changes what follows)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with contextlib.suppress(OSError):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _dataset_summary(rounds: list[dict[str, Any]], kept: int, mode: str) -> dict[str, Any]:
-    """Per-round counts and the LLM cost of the kept conversations (cached calls included: this is
-    what the dataset cost to make, not what this invocation paid)."""
-    tokens: dict[str, dict[str, int]] = {}
-    for r in rounds:
-        merge_tokens(tokens, r.get("tokens") or {})
-    total = sum(row.get("prompt_tokens", 0) + row.get("completion_tokens", 0) for row in tokens.values())
-    return {
-        "critic_mode": mode,
-        "kept": kept,
-        "iterations": rounds,
-        "tokens": tokens,
-        "tokens_per_kept_conversation": round(total / kept, 1) if kept else None,
-    }
-
-
-def _split(items: list[Pair], k: int) -> list[list[Pair]]:
-    """Contiguous, near-equal shares of the pairs for K rounds (earlier rounds get the remainder)."""
-    k = max(1, min(k, len(items)))
-    base, extra = divmod(len(items), k)
-    out, start = [], 0
-    for i in range(k):
-        size = base + (1 if i < extra else 0)
-        out.append(items[start : start + size])
-        start += size
-    return out
-
-
-def _print_table1(table: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    t = Table(title="Expansion statistics (paper's Table 1)")
-    t.add_column("set")
-    t.add_column("attributes", justify="right")
-    t.add_column("clusters", justify="right")
-    t.add_column("mean inter-cluster distance", justify="right")
-    for name, row in table.items():
-        if isinstance(row, dict):
-            dist = row.get("mean_inter_cluster_distance")
-            t.add_row(name, str(row.get("attributes")), str(row.get("clusters")),
-                      f"{dist:.3f}" if isinstance(dist, float) else str(dist))
-    console.print(t)
 
 
 async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conversation] | None:
@@ -466,7 +338,8 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
     try:
         conversations = asyncio.run(_run_async(pipe, until, only))
         if conversations is not None:
-            pipe.write_dataset(conversations)
+            with pipe.stats.stage("write"):
+                write_dataset(pipe.out, conversations, config, pipe.stats, pipe.seed_set.name)
             pipe.write_report()
             console.print(
                 f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
@@ -476,16 +349,10 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
         # Counters of this invocation are worth keeping even when it stopped early, but failing to
         # write them (disk full) must not hide the error that stopped the run.
         with contextlib.suppress(OutputError):
-            pipe.write_stats(started)
+            write_stats(pipe.out, pipe.stats, time.perf_counter() - started)
         raise
-    pipe.write_stats(started)
-    llm = pipe.stats.llm
-    unknown = llm["usage_unknown"]
-    unknown_note = f" (unknown for {unknown} calls: the server reported no usage)" if unknown else ""
-    console.print(
-        f"LLM calls {llm['calls']} (cache hits {llm['cache_hits']}), tokens {llm['prompt_tokens']} prompt + "
-        f"{llm['completion_tokens']} completion{unknown_note}, {time.perf_counter() - started:.1f} s"
-    )
+    write_stats(pipe.out, pipe.stats, time.perf_counter() - started)
+    print_totals(pipe.stats, time.perf_counter() - started)
 
 
-__all__ = ["STAGES", "Clients", "Pipeline", "SeedSet", "load_seed_set", "run"]
+__all__ = ["STAGES", "Pipeline", "run"]

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
+from personaloom import stagenames as names
 from personaloom.backends.base import Backend
 from personaloom.chat import ChatRequest, ChatResult, Usage
 
@@ -147,18 +148,18 @@ def demo_responder(request: ChatRequest) -> str:
     if request.json_schema is not None:
         return json.dumps(_schema_instance(request.json_schema, rnd))
     stage = request.stage
-    if stage == "expand.queries":
+    if stage == names.EXPAND_QUESTIONS:
         return "\n".join(rnd.sample(_QUESTIONS, 4))
-    if stage == "expand.bootstrap":
+    if stage == names.EXPAND_ANSWERS:
         return f"{rnd.choice(_SUBJECTS)} {rnd.choice(_OBJECTS)}."
-    if stage == "expand.describe":
+    if stage == names.EXPAND_DESCRIBE:
         return "\n".join(f"{rnd.choice(_SUBJECTS)} {rnd.choice(_OBJECTS)}." for _ in range(4))
-    if stage == "profiles.negation":
+    if stage == names.PROFILES_NEGATION:
         return "I do not " + rnd.choice(_OBJECTS) + "."
-    if stage == "localize":
+    if stage == names.LOCALIZE:
         # Marks the rendering visibly; a real model writes the sentence in the language.
         return f"{json.loads(request.messages[-1].content)} (localized)"
-    if stage == "sessions.memory":
+    if stage == names.SESSIONS_MEMORY:
         return f"They talked about {rnd.choice(_OBJECTS)} and {rnd.choice(_OBJECTS)}, and plan to meet again."
     start = rnd.randrange(0, 3)
     pool = _LINES_AGAIN if "talked before" in request.messages[0].content else _LINES

@@ -105,7 +105,7 @@ class EmbeddedBackend(Backend):
     max_concurrency = 1
 
     def __init__(self, cfg: BackendConfig) -> None:
-        from personaloom.backends import default_gguf_path
+        from personaloom.backends.models import default_gguf_path
 
         self.cfg = cfg
         path = Path(cfg.model).expanduser() if cfg.model else default_gguf_path()

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 import openai
 
-from personaloom.backends import gather_all
+from personaloom.aio import gather_all
 from personaloom.backends.base import Backend
 from personaloom.chat import ChatRequest, ChatResult, Message, Usage
 from personaloom.config import BackendConfig

@@ -8,9 +8,6 @@ offline, and can be mailed as one file. Every string from the data is HTML-escap
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import itertools
 import json
 from collections import Counter
@@ -19,10 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from personaloom.evaluate.html import DATA_COLOUR, REF_COLOUR, esc, figure, num, pct, plt_headless, table
+from personaloom.evaluate.report_features import feature_sections
 from personaloom.fsutil import atomic_write_text
 
-DATA_COLOUR = "#3b6ea5"
-REF_COLOUR = "#d08a3c"
 DEFECT_LABELS = {
     "empty": "empty",
     "blank_lines": "blank lines",
@@ -124,60 +121,11 @@ def load_run_info(run_dir: Path) -> RunInfo | None:
 # ---- formatting helpers ------------------------------------------------------------------------
 
 
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def pct(x: Any, digits: int = 1) -> str:
-    return f"{100 * float(x):.{digits}f}%" if isinstance(x, int | float) else "–"
-
-
-def num(x: Any, digits: int = 3) -> str:
-    if isinstance(x, bool) or x is None:
-        return "–"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return esc(x)
-
-
-def table(header: list[str], rows: list[list[str]], left_cols: int = 1) -> str:
-    """Cells are already-escaped HTML."""
-    head = "".join(f'<th class="l">{h}</th>' if i < left_cols else f"<th>{h}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="l">{c}</td>' if i < left_cols else f"<td>{c}</td>" for i, c in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure(fig: Any, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<div class="fig"><img alt="{esc(alt)}" src="data:image/png;base64,{data}"></div>'
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless; never opens a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # ---- figures -----------------------------------------------------------------------------------
 
 
-def defect_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
-    plt = _plt()
+def defectfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    plt = plt_headless()
     kinds = list(DEFECT_LABELS)
     fig, ax = plt.subplots(figsize=(9, 3.4))
     series = [("data", data, DATA_COLOUR)] + ([("reference", ref, REF_COLOUR)] if ref else [])
@@ -196,7 +144,7 @@ def defect_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     ax.set_title("Format defects (DESIGN.md §3)")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return _figure(fig, "format defects, data vs reference")
+    return figure(fig, "format defects, data vs reference")
 
 
 def _hist_bars(ax: Any, hist: dict[str, Any], colour: str, label: str, offset: float, width: float) -> None:
@@ -213,8 +161,8 @@ def _bin_labels(edges: list[float]) -> list[str]:
     return out
 
 
-def length_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
-    plt = _plt()
+def lengthfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    plt = plt_headless()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     for ax, key, title in (
         (axes[0], "utterances_per_conversation", "Utterances per conversation"),
@@ -234,11 +182,11 @@ def length_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
         ax.set_title(title)
         ax.legend(frameon=False, fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
-    return _figure(fig, "length distributions, data vs reference")
+    return figure(fig, "length distributions, data vs reference")
 
 
-def distinct_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
-    plt = _plt()
+def distinctfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    plt = plt_headless()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     keys = ["distinct_1", "distinct_2", "distinct_3"]
     series = [("data", data, DATA_COLOUR)] + ([("reference", ref, REF_COLOUR)] if ref else [])
@@ -254,11 +202,11 @@ def distinct_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     ax.set_title("Lexical diversity")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    return _figure(fig, "distinct-n, data vs reference")
+    return figure(fig, "distinct-n, data vs reference")
 
 
-def turing_figure(turing: dict[str, Any]) -> str:
-    plt = _plt()
+def turingfigure(turing: dict[str, Any]) -> str:
+    plt = plt_headless()
     fig, ax = plt.subplots(figsize=(6, 3))
     names = ["lose", "win", "tie"]
     values = [100 * float(turing.get(k) or 0.0) for k in names]
@@ -270,11 +218,11 @@ def turing_figure(turing: dict[str, Any]) -> str:
     ax.set_ylim(0, 100)
     ax.set_title(f"Turing test (n = {turing.get('n', 0)}, 95% Wilson intervals)")
     ax.spines[["top", "right"]].set_visible(False)
-    return _figure(fig, "Turing test outcome rates")
+    return figure(fig, "Turing test outcome rates")
 
 
 def critic_figures(run: RunInfo) -> str:
-    plt = _plt()
+    plt = plt_headless()
     parts: list[str] = []
     if run.verdicts:
         experts = sorted(run.verdicts)
@@ -292,7 +240,7 @@ def critic_figures(run: RunInfo) -> str:
             frameon=False, fontsize=8, ncol=min(6, len(decisions)), loc="upper center", bbox_to_anchor=(0.5, -0.25)
         )
         ax.spines[["top", "right"]].set_visible(False)
-        parts.append(_figure(fig, "critic verdict distribution by expert"))
+        parts.append(figure(fig, "critic verdict distribution by expert"))
     if run.iterations:
         ks = sorted(run.iterations)
         kept = [run.iterations[k]["kept"] for k in ks]
@@ -305,7 +253,7 @@ def critic_figures(run: RunInfo) -> str:
         ax.set_title("Candidates per iteration")
         ax.legend(frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
-        parts.append(_figure(fig, "kept and rejected candidates per iteration"))
+        parts.append(figure(fig, "kept and rejected candidates per iteration"))
     return "".join(parts)
 
 
@@ -403,7 +351,7 @@ def turing_section(turing: dict[str, Any] | None, note: str | None) -> str:
         + table(["outcome", "rate", "95% CI", "pairs"], rows)
         + f'<p class="note">n = {num(turing.get("n"))} pairs judged, {num(turing.get("invalid"))} unparseable, '
         f"{num(turing.get('matched_pairs'))} of {num(turing.get('pairs'))} paired by the same user pair.</p>"
-        + turing_figure(turing)
+        + turingfigure(turing)
     )
 
 
@@ -524,7 +472,7 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
             "speaker prefix, name placeholders such as [User 1's name], two consecutive utterances by the "
             "same speaker.</p>"
         )
-        body.append(defect_figure(metrics, ref))
+        body.append(defectfigure(metrics, ref))
         dkeys = list(DEFECT_LABELS)
         drows = [
             [
@@ -536,13 +484,12 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
         ]
         body.append(table(["defect", "data", "reference"], drows))
         body.append("<h2>Length and diversity</h2>")
-        body.append(length_figure(metrics, ref))
-        body.append(distinct_figure(metrics, ref))
+        body.append(lengthfigure(metrics, ref))
+        body.append(distinctfigure(metrics, ref))
         body.append(hits_section(metrics))
         body.append(turing_section(metrics.get("turing"), notes.get("turing")))
         body.append(faithfulness_section(metrics.get("faithfulness"), notes.get("faithfulness")))
         body.append(toxicity_section(metrics.get("toxicity"), notes.get("toxicity")))
-        from personaloom.evaluate.report_features import feature_sections
 
         body.append(feature_sections(metrics, run.verdicts if run is not None else None))
     else:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from personaloom.evaluate.report import DATA_COLOUR, REF_COLOUR, _figure, _plt, esc, num, pct, table
+from personaloom.evaluate.html import DATA_COLOUR, REF_COLOUR, esc, figure, num, pct, plt_headless, table
 from personaloom.records import TRAITS
 
 
-def _agreement_figure(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    plt = _plt()
+def _agreementfigure(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    plt = plt_headless()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     width = 0.8 / max(1, len(rows))
     for s, ((label, block), colour) in enumerate(zip(rows, (DATA_COLOUR, REF_COLOUR), strict=False)):
@@ -29,7 +29,7 @@ def _agreement_figure(rows: list[tuple[str, dict[str, Any]]]) -> str:
     ax.set_title("Big Five: set level vs the judge's reading (dashed: chance)")
     ax.legend(frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
-    return _figure(fig, "Big Five agreement per trait")
+    return figure(fig, "Big Five agreement per trait")
 
 
 def big_five_section(m: dict[str, Any] | None) -> str:
@@ -54,7 +54,7 @@ def big_five_section(m: dict[str, Any] | None) -> str:
     rows.append(["<b>all traits</b>", *[pct(b.get("overall")) for _, b in blocks], *["" for _ in blocks]])
     levels = ", ".join(f"{esc(k)}: {num(v)}" for k, v in (m.get("levels") or {}).items())
     return (
-        head + table(header, rows) + _agreement_figure(blocks)
+        head + table(header, rows) + _agreementfigure(blocks)
         + f'<p class="note">levels given (speakers): {levels or "–"}</p>'
     )
 

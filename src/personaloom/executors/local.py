@@ -38,7 +38,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from personaloom.backends import gather_all
+from personaloom.aio import gather_all
 from personaloom.backends.base import Backend
 from personaloom.backends.cache import ResponseCache
 from personaloom.chat import ChatRequest, ChatResult

@@ -144,7 +144,7 @@ class _BackendBatch:
         return self._backend.kind, self._backend.model_id, self._backend.max_concurrency
 
     async def _answer(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        from personaloom.backends import gather_all
+        from personaloom.aio import gather_all
 
         assert self._backend is not None
         sem = asyncio.Semaphore(max(1, self._backend.max_concurrency))

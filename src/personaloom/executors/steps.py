@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar, cast
 
-from personaloom.backends import gather_all
+from personaloom.aio import gather_all
 from personaloom.chat import ChatResult, LLMClient, Router
 from personaloom.records import Failure
 from personaloom.step import Step, StepRun

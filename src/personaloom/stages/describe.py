@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling
 from personaloom.config import ExpandConfig
 from personaloom.embed import Embedder, dedup_mask
@@ -33,7 +33,7 @@ from personaloom.records import Attribute, Failure, Profile
 from personaloom.stages import persona_bootstrap as pb
 from personaloom.step import Step
 
-STAGE = "expand.describe"
+STAGE = stagenames.EXPAND_DESCRIBE
 _ARTICLE = re.compile(r"^(an?|the)\s+", re.IGNORECASE)
 
 

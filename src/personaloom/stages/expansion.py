@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from personaloom import stagenames
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Sampling
 from personaloom.config import ExpandConfig
 from personaloom.embed import Embedder, NeighborIndex, dedup_mask
@@ -38,7 +39,7 @@ from personaloom.step import Step
 
 log = logging.getLogger(__name__)
 
-STAGE = "expand"
+STAGE = stagenames.EXPAND
 # The resume fingerprint's inputs (personaloom.fingerprint); the seed set is the data input.
 INPUTS = StageInputs(STAGE, ("seed", "expand", "embed", "sampling"),
                      ("query_*.j2", "persona_answer.j2", "backend_json*.j2"), llm="main")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, Message, Sampling
 from personaloom.config import GenerateConfig
 from personaloom.dialogue import (
@@ -33,7 +33,7 @@ from personaloom.records import Conversation, Failure, Pair, SessionContext, Tri
 from personaloom.text import is_near_duplicate, prompt_language, word_set, words
 from personaloom.traits import levels
 
-STAGE = "generate"
+STAGE = stagenames.GENERATE
 # Trimming cuts at a near-duplicate this similar (word-set Jaccard); stricter than the format
 # expert's threshold so that an honest callback ("I love dogs too!") does not end a conversation.
 _TRIM_NEAR = 0.7

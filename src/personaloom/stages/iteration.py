@@ -19,8 +19,9 @@ from personaloom.fsutil import atomic_write_text
 from personaloom.io import write_jsonl
 from personaloom.records import Conversation, Failure, Pair, TokenCount, Verdict
 from personaloom.stages.sessions import converse
-from personaloom.stats import Stats
+from personaloom.stats import Stats, merge_tokens
 from personaloom.step import add_tokens
+from personaloom.text import is_english
 
 
 def rejections(verdicts: list[Verdict]) -> dict[str, int]:
@@ -61,3 +62,41 @@ async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], rou
     for f in failures:
         stats.failure(f.reason)
     return selected, summary
+
+
+def split_rounds(items: list[Pair], k: int) -> list[list[Pair]]:
+    """Contiguous, near-equal shares of the pairs for K rounds (earlier rounds get the remainder)."""
+    k = max(1, min(k, len(items)))
+    base, extra = divmod(len(items), k)
+    out, start = [], 0
+    for i in range(k):
+        size = base + (1 if i < extra else 0)
+        out.append(items[start : start + size])
+        start += size
+    return out
+
+
+def next_pool(
+    pool: list[Conversation], kept: list[Conversation], selected: list[Conversation], language: str | None
+) -> list[Conversation]:
+    """The few-shot pool of the next round: the winners join it; with --language (other than English),
+    once in-language winners exist they replace the seed examples."""
+    if not is_english(language) and kept:
+        return list(kept)
+    return [*pool, *selected]
+
+
+def dataset_summary(rounds: list[dict[str, Any]], kept: int, mode: str) -> dict[str, Any]:
+    """Per-round counts and the LLM cost of the kept conversations (cached calls included: this is
+    what the dataset cost to make, not what this invocation paid)."""
+    tokens: dict[str, dict[str, int]] = {}
+    for r in rounds:
+        merge_tokens(tokens, r.get("tokens") or {})
+    total = sum(row.get("prompt_tokens", 0) + row.get("completion_tokens", 0) for row in tokens.values())
+    return {
+        "critic_mode": mode,
+        "kept": kept,
+        "iterations": rounds,
+        "tokens": tokens,
+        "tokens_per_kept_conversation": round(total / kept, 1) if kept else None,
+    }

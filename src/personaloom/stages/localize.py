@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message
 from personaloom.config import RunConfig
 from personaloom.executors.steps import run_step
@@ -21,7 +21,7 @@ from personaloom.records import Failure, Pair
 from personaloom.step import Step, StepRun
 from personaloom.text import LANGUAGES, is_english, language_name, primary_subtag
 
-STAGE = "localize"
+STAGE = stagenames.LOCALIZE
 MAX_TOKENS = 64
 # A label before the sentence ("French: ...", "Translation: ..."); only these words, so that a colon
 # inside the sentence itself ("Tengo dos perros: Max y Rex.") is kept.

@@ -27,14 +27,14 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, Message, Sampling
 from personaloom.dialogue import has_slot
 from personaloom.embed import FloatArray, IntArray
 from personaloom.prompts import render
 from personaloom.text import words as _words
 
-ANSWER_STAGE = "expand.bootstrap"
+ANSWER_STAGE = stagenames.EXPAND_ANSWERS
 
 _PREFIX = re.compile(r"^\s*(?:[-*•>]+|\d{1,3}[.)]|(?:answer|a|response|opposite|negation)\s*:)\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’`*_ "

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling
 from personaloom.config import ProfilesConfig
 from personaloom.embed import Embedder
@@ -43,12 +43,12 @@ from personaloom.replies import json_object
 from personaloom.stages.persona_bootstrap import parse_answer
 from personaloom.step import Step
 
-STAGE = "profiles"
+STAGE = stagenames.PROFILES
 # The resume fingerprint's inputs (personaloom.fingerprint); attributes come in through upstream.
 INPUTS = StageInputs(STAGE, ("seed", "profiles", "embed", "sampling", "big_five"),
                      ("negation.j2", "nli.j2", "backend_json*.j2"), llm="main")
-NEGATION_STAGE = "profiles.negation"
-NLI_STAGE = "profiles.nli"
+NEGATION_STAGE = stagenames.PROFILES_NEGATION
+NLI_STAGE = stagenames.PROFILES_NLI
 
 NLI_SCHEMA: dict[str, Any] = {
     "type": "object",

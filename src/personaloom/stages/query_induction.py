@@ -29,13 +29,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, Message, Sampling
 from personaloom.dialogue import has_slot
 from personaloom.embed import FloatArray, IntArray, NeighborIndex, greedy_leaders, normalize_rows
 from personaloom.prompts import render
 
-QUESTION_STAGE = "expand.queries"
+QUESTION_STAGE = stagenames.EXPAND_QUESTIONS
 # Leader radius as a fraction of the clustering threshold (scalable path, pass 1).
 LEADER_RADIUS = 0.75
 

@@ -21,7 +21,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, ChatResult, Router
 from personaloom.config import CriticConfig, ExpertConfig, RunConfig
 from personaloom.executors.steps import run_step
@@ -106,7 +106,7 @@ class Generate(Step[int, Conversation]):
 class Judge(Step[Judged, list[Verdict]]):
     """Every LLM expert's calls about one pair's candidates; each call goes to its expert's client."""
 
-    stage = "critic"
+    stage = stagenames.CRITIC
 
     def __init__(self, ctx: ExpertContext) -> None:
         self.ctx, self.iteration = ctx, ctx.iteration

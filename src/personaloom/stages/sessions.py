@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from personaloom import rng
+from personaloom import rng, stagenames
 from personaloom.chat import ChatRequest, ChatResult, Message, Router
 from personaloom.config import RunConfig
 from personaloom.executors.steps import run_step
@@ -29,7 +29,7 @@ from personaloom.stages.round import PairOutcome, generate_and_critique
 from personaloom.step import Step
 from personaloom.text import prompt_language
 
-MEMORY_STAGE = "sessions.memory"
+MEMORY_STAGE = stagenames.SESSIONS_MEMORY
 # The resume fingerprint's inputs of one Generator-Critic round (personaloom.fingerprint); the round's
 # pairs and its few-shot pool are the data inputs. Every prompt a round can render is part of it.
 INPUTS = StageInputs("generate", ("seed", "generate", "critic", "sampling", "language", "big_five", "sessions"),

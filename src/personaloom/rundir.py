@@ -1,0 +1,130 @@
+"""The run directory (DESIGN.md §3): its resume state, leftovers of killed runs, and the files a run writes
+at its end.
+
+In: a run directory and what a run produced (conversations, Stats, the RunConfig). Out: state.json (the
+fingerprint each finished stage was computed with), conversations.jsonl, spc.csv, dataset/, README.md
+(the dataset card), stats.json and failures.jsonl (every failed LLM call of the invocation, with the
+server's words).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from personaloom.config import RunConfig
+from personaloom.fsutil import atomic_write_text
+from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
+from personaloom.records import Conversation, Failure
+from personaloom.stats import Stats
+
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class RunState:
+    """state.json: the fingerprint each finished stage was computed with."""
+
+    path: Path
+    done: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> RunState:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(path, {str(k): str(v) for k, v in data.get("done", {}).items()})
+        except (FileNotFoundError, ValueError, AttributeError):
+            return cls(path)
+
+    def is_done(self, stage: str, fingerprint: str, *files: Path) -> bool:
+        return self.done.get(stage) == fingerprint and all(f.exists() for f in files)
+
+    def mark(self, stage: str, fingerprint: str) -> None:
+        self.done[stage] = fingerprint
+        atomic_write_text(self.path, json.dumps({"done": self.done}, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_temp(out: Path) -> None:
+    """Temp files/folders of atomic writes that a killed run left behind (".<name>.<random>.tmp")."""
+    for path in [*out.glob(".*.tmp"), *out.glob("iterations/*/.*.tmp")]:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def files_fingerprint(*paths: Path) -> str:
+    """Content hash of a stage's input files (a hand-edited profiles.jsonl changes what follows)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file ({} when missing or not an object)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_dataset(out: Path, conversations: list[Conversation], config: RunConfig, stats: Stats,
+                  seed_name: str) -> None:
+    """conversations.jsonl, spc.csv, dataset/ and the dataset card README.md."""
+    write_jsonl(out / "conversations.jsonl", conversations)
+    write_spc_csv(out / "spc.csv", conversations)
+    write_hf_dataset(out / "dataset", conversations)
+    stats.conversations = len(conversations)
+    write_dataset_card(
+        out / "README.md", conversations, title=f"personaloom dataset ({out.name})",
+        sources=[f"seed data: {seed_name}", f"backend: {config.backend.kind}"],
+        config=json.loads(json.dumps(config.model_dump(mode="json"))), stats=stats.to_dict(),
+    )
+
+
+def write_stats(out: Path, stats: Stats, wall_s: float) -> None:
+    """stats.json, and failures.jsonl: every LLM call of this invocation that failed, with the server's
+    words (empty when none failed)."""
+    data = stats.to_dict()
+    data["wall_s"] = round(wall_s, 3)
+    atomic_write_text(out / "stats.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=message)
+              for stage, item, message in stats.failed_calls]
+    write_jsonl(out / "failures.jsonl", failed)
+
+
+def print_table1(table: dict[str, Any]) -> None:
+    """The expansion's Table 1 (attributes, clusters, mean inter-cluster distance per set) on stderr."""
+    t = Table(title="Expansion statistics (paper's Table 1)")
+    for name, justify in (("set", "left"), ("attributes", "right"), ("clusters", "right"),
+                          ("mean inter-cluster distance", "right")):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name, row in table.items():
+        if isinstance(row, dict):
+            dist = row.get("mean_inter_cluster_distance")
+            t.add_row(name, str(row.get("attributes")), str(row.get("clusters")),
+                      f"{dist:.3f}" if isinstance(dist, float) else str(dist))
+    console.print(t)
+
+
+def print_totals(stats: Stats, wall_s: float) -> None:
+    """One line: LLM calls, cache hits, tokens (and how many calls reported no usage), wall time."""
+    llm = stats.llm
+    unknown = llm["usage_unknown"]
+    unknown_note = f" (unknown for {unknown} calls: the server reported no usage)" if unknown else ""
+    console.print(
+        f"LLM calls {llm['calls']} (cache hits {llm['cache_hits']}), tokens {llm['prompt_tokens']} prompt + "
+        f"{llm['completion_tokens']} completion{unknown_note}, {wall_s:.1f} s"
+    )
