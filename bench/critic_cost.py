@@ -30,9 +30,10 @@ from personaloom.backends.base import Backend, ChatRequest, ChatResult, Usage
 from personaloom.backends.fake import demo_responder
 from personaloom.config import CriticConfig, GenerateConfig, RunConfig
 from personaloom.executors.local import LLM
-from personaloom.records import Conversation, Pair
+from personaloom.records import Conversation, Pair, TokenCount
 from personaloom.seed_data import load_seed_set
-from personaloom.stages.critic import generate_and_critique
+from personaloom.stages.round import generate_and_critique
+from personaloom.step import add_tokens
 
 # ChatML: "<|im_start|>{role}\n" ... "<|im_end|>\n" per message, "<|im_start|>assistant\n" to reply.
 PER_MESSAGE, PER_REPLY = 5, 3
@@ -112,14 +113,12 @@ async def run_mode(mode: Mode, args: argparse.Namespace, count: Callable[[str], 
         *(generate_and_critique(p, seeds.conversations, lambda _role: llm, config, 1) for p in pairs)
     )
     kept = sum(1 for o in outcomes if o.selected is not None)
-    totals: dict[str, dict[str, int]] = {}
+    totals: dict[str, TokenCount] = {}
     for o in outcomes:
-        for role, row in o.tokens.items():
-            acc = totals.setdefault(role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
-            for key in acc:
-                acc[key] += row.get(key, 0)
+        add_tokens(totals, o.tokens)
     failures = sum(len(o.failures) for o in outcomes)
-    return {"pairs": len(pairs), "kept": kept, "tokens": totals, "failures": failures}
+    return {"pairs": len(pairs), "kept": kept, "tokens": {r: t.model_dump() for r, t in totals.items()},
+            "failures": failures}
 
 
 def bench_pairs(convs: list[Conversation], n: int) -> list[Pair]:

@@ -87,9 +87,12 @@ def test_profiles_matched_by_text_without_ids() -> None:
 
 
 def test_seed_pairs_from_conversations() -> None:
+    from personaloom.seed_data import SeedSet
+
     conv = Conversation(id="c1", user1_persona=["a"], user2_persona=["b"], turns=[Turn(speaker=1, text="hi")])
-    (pair,) = pg.pairs_from_conversations([conv])
-    assert pair.source == "seed" and pair.user1_persona == ["a"] and pair.id == "seed-c1"
+    lone = Conversation(id="c2", user1_persona=[], user2_persona=["b"], turns=[Turn(speaker=1, text="hi")])
+    (pair,) = SeedSet("seed", [], [conv, lone]).pairs
+    assert pair.source == "seed" and pair.user1_persona == ["a"] and pair.id == "seed-pair-00000"
 
 
 def test_pairing_scales_without_n_squared() -> None:

@@ -115,6 +115,63 @@ _LINES_AGAIN = (
 )
 
 
+# --language: a few languages the scripted model "writes" (first meeting, later session).
+_LINES_IN = {
+    "Russian": (
+        (
+            "Привет, как прошла твоя неделя?", "Довольно занятая, но хорошая. Я почти всё время был на улице.",
+            "Звучит здорово. Что ты делал на улице?", "В основном работал в саду, помидоры наконец созрели.",
+            "Мне бы твоё терпение к растениям. Я обычно чиню вещи дома.",
+            "Это полезное умение. Над чем ты работаешь сейчас?", "Над старым радио с рынка. Оно почти работает.",
+            "Впечатляет. Ты слушаешь на нём музыку?", "В основном джаз. На старом радио он звучит правильно.",
+            "Мне это нравится. Надо попробовать с моими пластинками.", "У тебя тоже есть пластинки? Какие ты слушаешь?",
+            "Народные альбомы, которые мне оставили родители.",
+        ),
+        (
+            "Рад снова тебя слышать! Как там радио?", "Наконец играет! Я слушал джаз всю ночь.",
+            "Я знал, что ты его починишь. А мои помидоры уже закончились.",
+            "Уже? Ты сделал тот соус, о котором говорил?",
+            "Сделал, целых три банки. Одну оставил тебе.", "Очень мило. Я принесу тебе пластинку в ответ.",
+            "Договорились. Какой альбом это будет?", "Один из народных, от моих родителей.",
+            "Отлично, поставим его на твоём радио.", "Давай сделаем это в выходные.", "Суббота мне подходит.",
+            "Здорово, до встречи!",
+        ),
+    ),
+}
+# --big-five: the scripted model shows a speaker's level by a mark on their first utterance (the cue phrase
+# of prompts/big_five.j2 it was given -> the mark), and its traits judge reads the marks back: a
+# consistent model, so that the traits expert's filter can stay on in pipeline tests.
+_TRAIT_MARKS = {
+    ("openness", "high"): ("curious and imaginative", "🎨"), ("openness", "low"): ("practical and conventional", "🏠"),
+    ("conscientiousness", "high"): ("organised and careful", "📅"),
+    ("conscientiousness", "low"): ("easygoing and spontaneous", "🌊"),
+    ("extraversion", "high"): ("outgoing and energetic", "🎉"), ("extraversion", "low"): ("quiet and reserved", "🤫"),
+    ("agreeableness", "high"): ("warm and kind", "🤝"), ("agreeableness", "low"): ("blunt and sceptical", "🙄"),
+    ("neuroticism", "high"): ("anxious and moody", "😟"), ("neuroticism", "low"): ("calm and relaxed", "😌"),
+}
+
+
+def _marks(pair_message: str, speaker: int) -> str:
+    """The marks of the levels the pair message gives `speaker` ("" without --big-five)."""
+    head = f"How User {speaker} comes across"
+    if head not in pair_message:
+        return ""
+    block = pair_message.split(head, 1)[1].split("How User", 1)[0].split("Write their conversation", 1)[0]
+    return "".join(mark for cue, mark in _TRAIT_MARKS.values() if cue in block)
+
+
+def _reading(turns_text: str) -> dict[str, dict[str, str]]:
+    """What the scripted traits judge reads: each speaker's levels from the marks on their utterances."""
+    reading: dict[str, dict[str, str]] = {"user1": {}, "user2": {}}
+    for line in turns_text.splitlines():
+        for side, prefix in (("user1", "User 1:"), ("user2", "User 2:")):
+            if line.strip().startswith(prefix):
+                for (trait, level), (_, mark) in _TRAIT_MARKS.items():
+                    if mark in line:
+                        reading[side][trait] = level
+    return reading
+
+
 def _schema_instance(schema: dict[str, object], rnd: random.Random) -> object:
     kind = schema.get("type")
     enum = schema.get("enum")
@@ -146,7 +203,12 @@ def _schema_instance(schema: dict[str, object], rnd: random.Random) -> object:
 def demo_responder(request: ChatRequest) -> str:
     rnd = random.Random(f"{request.params.seed}|{request.messages[-1].content}")
     if request.json_schema is not None:
-        return json.dumps(_schema_instance(request.json_schema, rnd))
+        answer = _schema_instance(request.json_schema, rnd)
+        if isinstance(answer, dict) and {"user1", "user2"} <= set(answer):  # the traits judge
+            for side, levels in _reading(request.messages[-1].content).items():
+                if isinstance(answer[side], dict):
+                    answer[side].update({t: v for t, v in levels.items() if t in answer[side]})
+        return json.dumps(answer)
     stage = request.stage
     if stage == names.EXPAND_QUESTIONS:
         return "\n".join(rnd.sample(_QUESTIONS, 4))
@@ -162,6 +224,13 @@ def demo_responder(request: ChatRequest) -> str:
     if stage == names.SESSIONS_MEMORY:
         return f"They talked about {rnd.choice(_OBJECTS)} and {rnd.choice(_OBJECTS)}, and plan to meet again."
     start = rnd.randrange(0, 3)
-    pool = _LINES_AGAIN if "talked before" in request.messages[0].content else _LINES
-    lines = pool[start : start + 8 + rnd.randrange(0, 3)]
+    again = "talked before" in request.messages[0].content
+    pair_message = request.messages[-1].content
+    pool = _LINES_AGAIN if again else _LINES
+    for language, pools in _LINES_IN.items():
+        if f"Write their conversation in {language}." in pair_message:
+            pool = pools[1] if again else pools[0]
+    lines = list(pool[start : start + 8 + rnd.randrange(0, 3)])
+    for i in (0, 1):
+        lines[i] = f"{lines[i]} {_marks(pair_message, 1 + i)}".rstrip()
     return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))

@@ -33,7 +33,7 @@ from scipy import sparse
 from personaloom import rng
 from personaloom.config import PairConfig
 from personaloom.fingerprint import StageInputs
-from personaloom.records import Attribute, Conversation, Pair, Profile
+from personaloom.records import Attribute, Pair, Profile
 
 # The resume fingerprint's inputs (personaloom.fingerprint); profiles come in through upstream.
 INPUTS = StageInputs("pair", ("seed", "pair", "big_five"))
@@ -209,16 +209,3 @@ def pair_profiles(profiles: list[Profile], attributes: list[Attribute], cfg: Pai
 def below_threshold(pairs: Iterable[Pair], threshold: int) -> int:
     """How many pairs were taken by the fallback (similarity under the threshold)."""
     return sum(1 for p in pairs if p.similarity is not None and p.similarity < threshold)
-
-
-def pairs_from_conversations(conversations: Iterable[Conversation]) -> list[Pair]:
-    """The user pairs a seed dataset already has (Persona-Chat), for --keep-seed-pairs."""
-    return [
-        Pair(
-            id=f"seed-{c.id}",
-            user1_persona=list(c.user1_persona),
-            user2_persona=list(c.user2_persona),
-            source="seed",
-        )
-        for c in conversations
-    ]
