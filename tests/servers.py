@@ -148,6 +148,9 @@ class LoopbackConfig:
     reject_response_format: tuple[str, ...] = ()
     log_auth: bool = False
     keep_bodies: bool = False
+    # A rate-limited provider: a request arriving while this many are in flight gets a 429 with
+    # Retry-After faults.retry_after_s (counted as fault "rate_limited").
+    max_concurrency: int | None = None
 
 
 class LoopbackServer:
@@ -290,9 +293,19 @@ class LoopbackServer:
         except ValueError:
             await self._send(writer, 400, self._error("invalid JSON body", "invalid_request_error"))
             return True
+        cap = self.config.max_concurrency
         with self._lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            limited = cap is not None and self.in_flight >= cap
+            if limited:
+                self.faults["rate_limited"] += 1
+            else:
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if limited:
+            after = self.config.faults.retry_after_s
+            await self._send(writer, 429, self._error("rate limit: too many requests in flight", "rate_limit_error"),
+                             headers={"Retry-After": f"{after:g}"})
+            return True
         try:
             return await self._complete(body, raw, headers, reader, writer)
         finally:

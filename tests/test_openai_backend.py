@@ -4,6 +4,7 @@ structured-output fallbacks, concurrency bound, unreachable server, and the API 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,36 @@ def test_fault_mix_through_executor() -> None:
         # Every transport fault cost one retry, except the last try of a request that failed for good.
         assert stats.llm["retries"] == sum(r.retries for r in results) == transport_faults - stats.llm["errors"]
         assert stats.llm["errors"] == len(results) - len(ok)
+
+
+def test_adaptive_concurrency_against_a_rate_limited_server() -> None:
+    """A provider that takes 4 at a time and answers the rest with 429 + Retry-After: the endpoint's bound
+    comes down from the configured 16 (multiplicative decrease, Retry-After honoured), every request ends
+    ok, and the bound grows back by one per round of successes, never above 16."""
+    with LoopbackServer(latency_s=0.02, max_concurrency=4, faults=Faults(retry_after_s=0.05)) as server:
+        backend = backend_for(server, concurrency=16, max_retries=20)
+        llm = LLM(backend, None, Stats(), progress=False)
+        limits: list[int] = []
+
+        async def go() -> list[ChatResult]:
+            async def watch() -> None:
+                while True:
+                    limits.append(llm.endpoint.limit)
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                return await llm.complete([req(f"r{i}", seed=i) for i in range(120)])
+            finally:
+                watcher.cancel()
+
+        results = asyncio.run(go())
+        assert all(r.ok for r in results) and [r.text for r in results] == [f"r{i}" for i in range(120)]
+        endpoint = llm.endpoint
+        assert endpoint.cuts >= 2 and endpoint.lowest <= 4 and endpoint.ceiling == 16
+        assert max(limits) <= 16 and endpoint.limit >= endpoint.lowest
+        limited = server.stats()["faults"]["rate_limited"]
+        # Without the cut, 12 of every 16 tries would be refused; with it, far fewer.
+        assert 0 < limited < 120
+        # Additive increase: some success round raised the bound again after a cut.
+        assert any(b > a for a, b in itertools.pairwise(limits))

@@ -49,6 +49,11 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")]
+TargetKeptOpt = Annotated[
+    int | None,
+    typer.Option("--target-kept", help="Generate over pairs.jsonl until this many conversations are kept "
+                 "(pair.max_pairs caps the pairs; --pairs/--iterations then do not apply)."),
+]
 BigFiveOpt = Annotated[
     bool | None,
     typer.Option("--big-five", help="Give profiles Big Five trait levels (sampled unless set in the config)."),
@@ -104,14 +109,15 @@ def run(
     pairs: Annotated[int | None, typer.Option("--pairs", help="Pairs to generate for.")] = None,
     candidates: Annotated[int | None, typer.Option("--candidates", help="Candidates per pair.")] = None,
     iterations: Annotated[int | None, typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
+    target_kept: TargetKeptOpt = None,
     critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
     executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print expected calls/tokens; pay nothing.")] = False,
     price_in: Annotated[
-        float | None, typer.Option("--price-in", help="With --dry-run: price per million prompt tokens.")
+        float | None, typer.Option("--price-in", help="Price per million prompt tokens (dry run, stats.json).")
     ] = None,
     price_out: Annotated[
-        float | None, typer.Option("--price-out", help="With --dry-run: price per million completion tokens.")
+        float | None, typer.Option("--price-out", help="Price per million completion tokens (default: --price-in).")
     ] = None,
     big_five: BigFiveOpt = None,
     language: LanguageOpt = None,
@@ -130,16 +136,19 @@ def run(
             "generate.pairs": pairs,
             "generate.candidates": candidates,
             "generate.iterations": iterations,
+            "generate.target_kept": target_kept,
             "critic.mode": critic,
             "executor": executor,
             "seed_format": seed_format,
+            "prices.prompt": price_in,
+            "prices.completion": price_out,
             **_feature_flags(big_five, language, sessions),
         },
     )
     if dry_run:
         from personaloom.estimate import print_estimate
 
-        print_estimate(cfg, price_in, price_out)
+        print_estimate(cfg)
         return
     pipeline.run(cfg, until="all")
 
@@ -227,6 +236,7 @@ def generate(
     pairs: Annotated[int | None, typer.Option("--pairs", help="Pairs to generate for.")] = None,
     candidates: Annotated[int | None, typer.Option("--candidates", help="Candidates per pair.")] = None,
     iterations: Annotated[int | None, typer.Option("--iterations", help="Generator-Critic rounds.")] = None,
+    target_kept: TargetKeptOpt = None,
     critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
     big_five: BigFiveOpt = None,
     language: LanguageOpt = None,
@@ -244,6 +254,7 @@ def generate(
             "generate.pairs": pairs,
             "generate.candidates": candidates,
             "generate.iterations": iterations,
+            "generate.target_kept": target_kept,
             "critic.mode": critic,
             **_feature_flags(big_five, language, sessions),
         },

@@ -133,6 +133,10 @@ class GenerateConfig(Record):
     # Sampling overrides for the generator only (None = the run's sampling section).
     temperature: float | None = None
     stop: list[str] = Field(default_factory=list)
+    # --target-kept N: generate in rounds over pairs.jsonl (each round sized by the keep rate so far) until
+    # N conversations are kept or the pairs run out (pair.max_pairs caps them); `pairs` and `iterations`
+    # then do not apply.
+    target_kept: int | None = Field(None, ge=1)
     # Keep a reply's utterances up to its first defect (small models loop until max_tokens); the cut is
     # recorded and the format expert still judges the rest. False = judge the whole reply as written.
     trim: bool = True
@@ -227,6 +231,22 @@ class RayConfig(Record):
     wait_ms: float = Field(50.0, ge=0)
 
 
+class PricesConfig(Record):
+    """What the LLM costs, in currency units per million tokens (--price-in / --price-out): the dry run's
+    expected cost and stats.json's `cost` (per invocation and in `total`). None: not priced."""
+
+    prompt: float | None = Field(None, ge=0)
+    # None with a prompt price: the prompt price applies to completion tokens too.
+    completion: float | None = Field(None, ge=0)
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """The cost of these tokens, or None when no price is set."""
+        if self.prompt is None and self.completion is None:
+            return None
+        out = self.completion if self.completion is not None else (self.prompt or 0.0)
+        return round(prompt_tokens / 1e6 * (self.prompt or 0.0) + completion_tokens / 1e6 * out, 6)
+
+
 class RunConfig(Record):
     seed: int = 0
     out: str = "out"
@@ -249,6 +269,7 @@ class RunConfig(Record):
     language: str | None = None
     big_five: BigFiveConfig = Field(default_factory=BigFiveConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
 
     def sampling_for(self, role: Role) -> Sampling:
         """The sampling of one role, resolved here and nowhere else. Precedence, highest first:
@@ -371,9 +392,13 @@ def build_config(
 
 def _derive_sizes(data: dict[str, Any]) -> None:
     """--pairs N alone scales the whole run: N pairs to make, and 2N/max_uses profiles (+1 spare, in
-    case one cannot be completed), unless those are set too."""
+    case one cannot be completed), unless those are set too. --target-kept N: 2N pairs (a keep rate of
+    one in two; --max-pairs for more)."""
     generate, pair, profiles = (data.get(k) for k in ("generate", "pair", "profiles"))
     pairs = generate.get("pairs") if isinstance(generate, dict) else None
+    target = generate.get("target_kept") if isinstance(generate, dict) else None
+    if isinstance(target, int) and not isinstance(target, bool) and target > 0:
+        pairs = 2 * target
     if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs < 0:
         return
     pair = data.setdefault("pair", {}) if pair is None else pair

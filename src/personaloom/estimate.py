@@ -11,6 +11,7 @@ are rejected, how many profile candidates are judged) use stated rates.
 from __future__ import annotations
 
 import json
+import math
 from math import comb
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,32 @@ DEFAULT_TOKENS: dict[str, tuple[int, int]] = {
 }
 # Share of bootstrap answers that survive the filters and the novelty check (measured on SmolLM2).
 BOOTSTRAP_ACCEPT = 0.4
+# Kept conversations per pair when nothing was measured yet (SmolLM2-135M, 3 candidates: about half).
+ASSUMED_KEEP_RATE = 0.5
 # Candidate attributes judged per profile slot before one is accepted.
 NLI_TRIES_PER_SLOT = 1.5
+
+
+def keep_rate(out: Path) -> tuple[float, str]:
+    """Kept conversations per pair: measured from the run directory's stats.json (its iterations), else
+    ASSUMED_KEEP_RATE. (rate, "measured" | "assumed")."""
+    try:
+        rounds = json.loads((out / "stats.json").read_text(encoding="utf-8"))["dataset"]["iterations"]
+        pairs = sum(int(r["pairs"]) for r in rounds)
+        kept = sum(int(r["kept"]) for r in rounds)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ASSUMED_KEEP_RATE, "assumed"
+    return (kept / pairs, "measured") if pairs and kept else (ASSUMED_KEEP_RATE, "assumed")
+
+
+def pairs_needed(config: RunConfig) -> int:
+    """The pairs generated for: generate.pairs, or for --target-kept N the expected N / keep rate (capped by
+    pair.max_pairs)."""
+    ge = config.generate
+    if ge.target_kept is None:
+        return min(ge.pairs, config.pair.max_pairs if not config.pair.keep_seed_pairs else ge.pairs)
+    rate, _ = keep_rate(Path(config.out))
+    return min(config.pair.max_pairs, math.ceil(ge.target_kept / rate))
 
 
 def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
@@ -52,7 +77,7 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
     if pr.nli == "llm":
         calls[names.PROFILES_NEGATION] = pr.profiles * pr.size
         calls[names.PROFILES_NLI] = pr.profiles * NLI_TRIES_PER_SLOT * comb(pr.size, 2)
-    pairs = min(ge.pairs, config.pair.max_pairs if not config.pair.keep_seed_pairs else ge.pairs)
+    pairs = pairs_needed(config)
     c = ge.candidates
     # Every session is a full Generator-Critic round (assuming each is kept, the most it can cost).
     sessions = config.sessions.count
@@ -104,9 +129,8 @@ def _measured(out: Path) -> tuple[dict[str, tuple[float, float]], set[str]]:
     return measured, unknown
 
 
-def estimate(
-    config: RunConfig, price_in: float | None = None, price_out: float | None = None
-) -> dict[str, Any]:
+def estimate(config: RunConfig) -> dict[str, Any]:
+    """Expected calls and tokens per stage and in total, and the cost at `config.prices` (when set)."""
     from personaloom.seed_data import load_seed_set
 
     seeds = load_seed_set(config.seed_data, config.seed_format, config.expand.personas, config.seed)
@@ -126,16 +150,18 @@ def estimate(
         }
     total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "completion_tokens")}
     result: dict[str, Any] = {"stages": rows, "total": total}
-    if price_in is not None or price_out is not None:
-        cost = total["prompt_tokens"] / 1e6 * (price_in or 0.0) + total["completion_tokens"] / 1e6 * (
-            price_out if price_out is not None else (price_in or 0.0)
-        )
+    if config.generate.target_kept is not None:
+        rate, source = keep_rate(Path(config.out))
+        result["target_kept"] = {"kept": config.generate.target_kept, "keep_rate": round(rate, 4),
+                                 "keep_rate_from": source, "pairs": pairs_needed(config)}
+    cost = config.prices.cost(total["prompt_tokens"], total["completion_tokens"])
+    if cost is not None:
         result["cost"] = round(cost, 4)
     return result
 
 
-def print_estimate(config: RunConfig, price_in: float | None = None, price_out: float | None = None) -> dict[str, Any]:
-    result = estimate(config, price_in, price_out)
+def print_estimate(config: RunConfig) -> dict[str, Any]:
+    result = estimate(config)
     table = Table(title="Dry run: expected LLM work (nothing was paid)")
     for col in ("stage", "calls", "prompt tokens", "completion tokens", "tokens/call from"):
         table.add_column(col, justify="left" if col == "stage" else "right")
@@ -148,6 +174,10 @@ def print_estimate(config: RunConfig, price_in: float | None = None, price_out: 
     console.print(table)
     if "cost" in result:
         console.print(f"expected cost: ${result['cost']:,.2f}")
+    if "target_kept" in result:
+        tk = result["target_kept"]
+        console.print(f"--target-kept {tk['kept']}: about {tk['pairs']:,} pairs at a keep rate of "
+                      f"{tk['keep_rate']:.2f} ({tk['keep_rate_from']})")
     if any(r["tokens_per_call_source"].startswith("default (") for r in result["stages"].values()):
         console.print("The server reported no token usage for some stages: their tokens are the built-in guesses.")
     console.print("Cached calls are free: a resumed run pays only for what is not in cache.sqlite yet.")

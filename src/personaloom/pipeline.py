@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.records import Attribute, Conversation, Pair, Profile, Question
 from personaloom.rundir import (
     RunState,
+    earlier_usage,
     files_fingerprint,
     print_table1,
     print_totals,
@@ -46,6 +48,7 @@ from personaloom.rundir import (
 from personaloom.seed_data import SeedSet, load_seed_set
 from personaloom.stages.iteration import dataset_summary, next_pool, split_rounds
 from personaloom.stats import Stats
+from personaloom.stop import RunStopped, StopSignal
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
 STAGES = (names.EXPAND, names.PROFILES, names.PAIR, names.GENERATE)
@@ -59,7 +62,12 @@ class Pipeline:
         remove_stale_temp(self.out)
         self.stats = Stats()
         self.state = RunState.load(self.out / "state.json")
-        self.clients = Clients(config, self.out, self.stats)
+        # The usage of the earlier invocations on this run directory (stats.json's `total` grows with each).
+        self.earlier = earlier_usage(self.out)
+        self.stop = StopSignal()
+        self.clients = Clients(config, self.out, self.stats, self.stop)
+        # True when the user stopped the run: `generate` returned what was kept so far.
+        self.partial = False
         self._embedder: Any = None
         self._seed_set: SeedSet | None = None
 
@@ -102,11 +110,6 @@ class Pipeline:
 
         write_jsonl(self._path(name), records)
 
-    def _seed_fp(self) -> list[Any]:
-        s = self.seed_set
-        return [s.name, [a.text for a in s.attributes], len(s.conversations),
-                [(p.id, p.text, p.attributes, p.traits) for p in s.personas]]
-
     def _calls(self, *prefixes: str) -> dict[str, tuple[int, int]]:
         """(calls, failed calls) so far per stage-name prefix, to compare after a stage."""
         return {p: self.stats.stage_errors(p)[:2] for p in prefixes}
@@ -137,7 +140,7 @@ class Pipeline:
         cfg = self.config
         from personaloom.stages.expansion import INPUTS
 
-        fp = fingerprint(INPUTS, cfg, None, self._seed_fp())
+        fp = fingerprint(INPUTS, cfg, None, self.seed_set.identity())
         target = self._path("attributes.jsonl")
         if self.state.is_done("expand", fp, target, self._path("expansion.json")):
             attributes: list[Attribute] = self._read("attributes.jsonl", Attribute)
@@ -242,43 +245,71 @@ class Pipeline:
         return pairs
 
     async def generate(self, pairs: list[Pair]) -> list[Conversation]:
+        """K rounds over the first generate.pairs pairs; with generate.target_kept, rounds over pairs.jsonl
+        until that many are kept (see `_next_round`). The kept conversations, in round order."""
         cfg = self.config
         gen = cfg.generate
         # Pairs made before --big-five was asked for (or written by hand) get their levels here, from
         # profiles.jsonl where it has them.
         profiles = self._profiles_by_id() if cfg.big_five.active else {}
-        chosen = [assign_to_pair(p, cfg.big_five, cfg.seed, profiles) for p in pairs[: gen.pairs]]
+        usable = pairs if gen.target_kept is not None else pairs[: gen.pairs]
+        chosen = [assign_to_pair(p, cfg.big_five, cfg.seed, profiles) for p in usable]
         if not chosen:
             raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
-        rounds = split_rounds(chosen, gen.iterations)
+        planned = split_rounds(chosen, gen.iterations) if gen.target_kept is None else []
         pool: list[Conversation] = list(self.seed_set.conversations)
         kept: list[Conversation] = []
         summaries: list[dict[str, Any]] = []
-        from personaloom.stages.sessions import INPUTS
-
-        upstream = self.state.done.get("pair")
-        for k, round_pairs in enumerate(rounds, start=1):
-            stage = f"generate.{k}"
-            fp = fingerprint(INPUTS, cfg, upstream, k, [p.model_dump(mode="json") for p in round_pairs],
-                             [c.id for c in pool])
-            folder = self.out / "iterations" / str(k)
-            selected_path = folder / "selected.jsonl"
-            if self.state.is_done(stage, fp, selected_path, folder / "summary.json"):
-                from personaloom.io import read_jsonl
-
-                selected: list[Conversation] = read_jsonl(selected_path, Conversation)
-                console.print(f"[dim]iteration {k}: up to date ({len(selected)} kept)[/dim]")
-            else:
-                errors, before = self.stats.llm["errors"], self._calls("generate", "critic")
-                selected = await self._round(k, round_pairs, pool, folder)
-                self._check_alive(f"iteration {k}", before)
-                self._mark(stage, fp, errors)
-            summaries.append(read_json(folder / "summary.json"))
+        upstream, used = self.state.done.get("pair"), 0
+        while (round_pairs := planned.pop(0) if planned else self._next_round(chosen, used, len(kept))):
+            used += len(round_pairs)
+            k = len(summaries) + 1
+            try:
+                selected, upstream = await self._iteration(k, round_pairs, pool, upstream)
+            except RunStopped as stopped:
+                kept.extend(stopped.kept)
+                summaries.append(read_json(self.out / "iterations" / str(k) / "summary.json"))
+                self.partial = True
+                break
+            summaries.append(read_json(self.out / "iterations" / str(k) / "summary.json"))
             kept.extend(selected)
             pool = next_pool(pool, kept, selected, cfg.language)
-            upstream = fp
+        if gen.target_kept is not None and not self.partial:
+            if len(kept) < gen.target_kept:
+                console.print(f"[yellow]kept {len(kept)} of the {gen.target_kept} asked for: all {len(chosen)} pairs "
+                              f"of pairs.jsonl are used; raise --max-pairs (and profiles.profiles)[/yellow]")
+            kept = kept[: gen.target_kept]
         self.stats.extra["dataset"] = dataset_summary(summaries, len(kept), cfg.critic.mode)
         return kept
+
+    def _next_round(self, chosen: list[Pair], used: int, kept: int) -> list[Pair]:
+        """--target-kept: the next round's pairs, as many as the keep rate so far says the rest needs
+        ([] when enough are kept, or the pairs ran out). A round with nothing kept yet assumes 1 in 4."""
+        target = self.config.generate.target_kept
+        if target is None or kept >= target or used >= len(chosen):
+            return []
+        rate = kept / used if kept else (0.25 if used else 1.0)
+        return chosen[used : used + math.ceil((target - kept) / rate)]
+
+    async def _iteration(self, k: int, round_pairs: list[Pair], pool: list[Conversation],
+                         upstream: str | None) -> tuple[list[Conversation], str]:
+        """Round k (from its files when its fingerprint matches): (its kept conversations, its fingerprint)."""
+        from personaloom.io import read_jsonl
+        from personaloom.stages.sessions import INPUTS
+
+        fp = fingerprint(INPUTS, self.config, upstream, k, [p.model_dump(mode="json") for p in round_pairs],
+                         [c.id for c in pool])
+        folder = self.out / "iterations" / str(k)
+        selected_path = folder / "selected.jsonl"
+        if self.state.is_done(f"generate.{k}", fp, selected_path, folder / "summary.json"):
+            selected: list[Conversation] = read_jsonl(selected_path, Conversation)
+            console.print(f"[dim]iteration {k}: up to date ({len(selected)} kept)[/dim]")
+            return selected, fp
+        errors, before = self.stats.llm["errors"], self._calls("generate", "critic")
+        selected = await self._round(k, round_pairs, pool, folder)
+        self._check_alive(f"iteration {k}", before)
+        self._mark(f"generate.{k}", fp, errors)
+        return selected, fp
 
     def _personas(self) -> list[Profile]:
         """personas.jsonl (a persona collection's profiles), when the seed data is one."""
@@ -286,8 +317,8 @@ class Pipeline:
         return self._read("personas.jsonl", Profile) if self.seed_set.personas and path.exists() else []
 
     def _profiles_by_id(self) -> dict[str, Profile]:
-        path = self._path("profiles.jsonl")
-        return {p.id: p for p in self._read("profiles.jsonl", Profile)} if path.exists() else {}
+        exists = self._path("profiles.jsonl").exists()
+        return {p.id: p for p in self._read("profiles.jsonl", Profile)} if exists else {}
 
     async def _round(self, k: int, pairs: list[Pair], pool: list[Conversation], folder: Path) -> list[Conversation]:
         from personaloom.stages.iteration import run_iteration
@@ -314,6 +345,7 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conve
     def skip(stage: str) -> bool:
         return only is not None and STAGES.index(stage) < STAGES.index(only)
 
+    pipe.stop.install(asyncio.get_running_loop())
     try:
         attributes = pipe._read("attributes.jsonl", Attribute) if skip("expand") else await pipe.expand()
         if until == "expand":
@@ -326,6 +358,7 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conve
             return None
         return await pipe.generate(pairs)
     finally:
+        pipe.stop.uninstall(asyncio.get_running_loop())
         await pipe.clients.aclose()
 
 
@@ -337,9 +370,12 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
     atomic_write_text(pipe.out / "config.yaml", dump_config(config))
     try:
         conversations = asyncio.run(_run_async(pipe, until, only))
+        pipe.stats.extra["partial"] = pipe.partial
         if conversations is not None:
             with pipe.stats.stage("write"):
                 write_dataset(pipe.out, conversations, config, pipe.stats, pipe.seed_set.name)
+                # The report shows this invocation's usage: stats.json first (written again at the end).
+                write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
             pipe.write_report()
             console.print(
                 f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
@@ -348,11 +384,15 @@ def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
     except BaseException:
         # Counters of this invocation are worth keeping even when it stopped early, but failing to
         # write them (disk full) must not hide the error that stopped the run.
+        pipe.stats.extra["partial"] = True
         with contextlib.suppress(OutputError):
-            write_stats(pipe.out, pipe.stats, time.perf_counter() - started)
+            write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
         raise
-    write_stats(pipe.out, pipe.stats, time.perf_counter() - started)
+    write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
     print_totals(pipe.stats, time.perf_counter() - started)
+    if pipe.partial:
+        raise RunStopped(f"stopped by the user: the {pipe.stats.conversations} conversations kept so far are written "
+                         f"(partial); re-run the same command to resume")
 
 
 __all__ = ["STAGES", "Pipeline", "run"]

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from personaloom.config import RunConfig
+from personaloom.config import PricesConfig, RunConfig
 from personaloom.fsutil import atomic_write_text
 from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
 from personaloom.records import Conversation, Failure
@@ -94,11 +94,45 @@ def write_dataset(out: Path, conversations: list[Conversation], config: RunConfi
     )
 
 
-def write_stats(out: Path, stats: Stats, wall_s: float) -> None:
-    """stats.json, and failures.jsonl: every LLM call of this invocation that failed, with the server's
-    words (empty when none failed)."""
+USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "usage_unknown", "errors")
+
+
+def earlier_usage(out: Path) -> dict[str, Any]:
+    """The usage of every earlier invocation on this run directory: the last stats.json's `total` (or, from
+    a stats.json without one, its own figures); {} for a new run directory."""
+    data = read_json(out / "stats.json")
+    total = data.get("total")
+    if isinstance(total, dict):
+        return total
+    llm = data.get("llm")
+    if not isinstance(llm, dict):
+        return {}
+    return {**{k: llm.get(k, 0) for k in USAGE_KEYS}, "wall_s": data.get("wall_s", 0.0), "invocations": 1}
+
+
+def usage_total(earlier: dict[str, Any], stats: Stats, wall_s: float, prices: PricesConfig) -> dict[str, Any]:
+    """Usage over every invocation of the run directory, this one included (calls, tokens, wall time, cost)."""
+    total: dict[str, Any] = {k: int(earlier.get(k, 0) or 0) + int(stats.llm[k]) for k in USAGE_KEYS}
+    total["wall_s"] = round(float(earlier.get("wall_s", 0.0) or 0.0) + wall_s, 3)
+    total["invocations"] = int(earlier.get("invocations", 0) or 0) + 1
+    cost = prices.cost(total["prompt_tokens"], total["completion_tokens"])
+    if cost is not None:
+        total["cost"] = cost
+    return total
+
+
+def write_stats(out: Path, stats: Stats, wall_s: float, earlier: dict[str, Any] | None = None,
+                prices: PricesConfig | None = None) -> None:
+    """stats.json — this invocation's figures, its `cost` at `prices`, and in `total` the usage of every
+    invocation on this run directory (`earlier`: read with `earlier_usage` before this one wrote) —, and
+    failures.jsonl: every LLM call of this invocation that failed, with the server's words."""
+    prices = prices or PricesConfig()
     data = stats.to_dict()
     data["wall_s"] = round(wall_s, 3)
+    cost = prices.cost(stats.llm["prompt_tokens"], stats.llm["completion_tokens"])
+    if cost is not None:
+        data["cost"] = cost
+    data["total"] = usage_total(earlier or {}, stats, wall_s, prices)
     atomic_write_text(out / "stats.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
     failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=message)
               for stage, item, message in stats.failed_calls]

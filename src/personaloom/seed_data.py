@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from personaloom.errors import InputError
 from personaloom.io.personas import KINDS, PersonaRecord, persona_kind, sample_personas
@@ -26,6 +27,11 @@ class SeedSet:
     attributes: list[Attribute]
     conversations: list[Conversation]
     personas: list[PersonaRecord] = field(default_factory=list)
+
+    def identity(self) -> list[Any]:
+        """What the expansion's output depends on (its resume fingerprint's data input)."""
+        return [self.name, [a.text for a in self.attributes], len(self.conversations),
+                [(p.id, p.text, p.attributes, p.traits) for p in self.personas]]
 
     @property
     def pairs(self) -> list[Pair]:

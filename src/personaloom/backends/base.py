@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, SamplingParams, Usage
@@ -26,6 +26,9 @@ class Backend(abc.ABC):
 
     kind: ClassVar[str]
     max_concurrency: int = 1
+    # Set by the executor: called with the server's Retry-After (or None) when a request meets a 429, a 503
+    # or a timeout, so that the endpoint's bound comes down (see executors.local.Endpoint).
+    on_overload: Callable[[float | None], None] | None = None
 
     @property
     @abc.abstractmethod

@@ -67,10 +67,13 @@ def is_loopback(url: str) -> bool:
 class _Retryable(Exception):
     """A transport-level failure worth another try (the message is key-free)."""
 
-    def __init__(self, message: str, retry_after: float | None = None, refused: bool = False) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, refused: bool = False,
+                 overload: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.refused = refused
+        # 429, 503 or a timeout: the server has more than it can take (the executor lowers its bound).
+        self.overload = overload
 
 
 class _Rejected(Exception):
@@ -380,7 +383,7 @@ class OpenAIBackend(Backend):
             )
             data = json.loads(raw)
         except openai.APITimeoutError:
-            raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s") from None
+            raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s", overload=True) from None
         except openai.APIConnectionError as exc:
             cause = exc.__cause__
             refused = _is_refused(exc)
@@ -394,7 +397,8 @@ class OpenAIBackend(Backend):
                 # Some servers (llama-cpp-python's) answer an unsupported response_format with a 500.
                 raise _Rejected(message, status) from None
             if status in _RETRY_STATUS or status >= 500:
-                raise _Retryable(message, _retry_after(exc.response.headers)) from None
+                after = _retry_after(exc.response.headers)
+                raise _Retryable(message, after, overload=status in (429, 503)) from None
             raise _Rejected(message, status, rejected_field(said, param, body)) from None
         except (ValueError, openai.APIResponseValidationError) as exc:
             # A 200 whose body is cut short or is not JSON (json.JSONDecodeError is a ValueError).
@@ -435,6 +439,8 @@ class OpenAIBackend(Backend):
                     continue
                 raise
             except _Retryable as exc:
+                if exc.overload and self.on_overload is not None:
+                    self.on_overload(exc.retry_after)
                 attempt += 1
                 if attempt > self.cfg.max_retries:
                     if exc.refused:

@@ -411,8 +411,15 @@ def run_section(run: RunInfo | None) -> str:
     stats = run.stats or {}
     llm = stats.get("llm")
     if isinstance(llm, dict):
-        parts.append("<h3>LLM usage (latest invocation)</h3>")
-        parts.append(table([esc(k) for k in llm], [[num(v) for v in llm.values()]], left_cols=0))
+        parts.append("<h3>LLM usage</h3>")
+        keys = [k for k in llm if k != "retries"] + ["wall_s", "cost"]
+        total = stats.get("total") if isinstance(stats.get("total"), dict) else {}
+        latest = {**llm, "wall_s": stats.get("wall_s"), "cost": stats.get("cost")}
+        rows = [["latest invocation", *(num(latest.get(k)) for k in keys)]]
+        if total:
+            rows.append([f"all {num(total.get('invocations'))} invocations of this run directory",
+                         *(num(total.get(k)) for k in keys)])
+        parts.append(table(["", *(esc(k) for k in keys)], rows))
     stages = stats.get("stages")
     if isinstance(stages, dict) and stages:
         rows = [

@@ -21,6 +21,7 @@ from personaloom.chat import LLMClient
 from personaloom.config import BackendConfig, RunConfig
 from personaloom.executors.local import LLM, Endpoint
 from personaloom.stats import Stats
+from personaloom.stop import StopSignal
 
 console = Console(stderr=True, highlight=False)
 
@@ -32,10 +33,11 @@ def endpoint_key(cfg: BackendConfig) -> tuple[str, str | None, str | None]:
 class Clients:
     """The run's clients (see the module docstring)."""
 
-    def __init__(self, config: RunConfig, out: Path, stats: Stats) -> None:
+    def __init__(self, config: RunConfig, out: Path, stats: Stats, stop: StopSignal | None = None) -> None:
         self.config = config
         self.out = out
         self.stats = stats
+        self.stop = stop
         self._cache: ResponseCache | None = None
         self._clients: dict[str, LLMClient] = {}
         self._endpoints: dict[tuple[str, str | None, str | None], Endpoint] = {}
@@ -70,7 +72,8 @@ class Clients:
                     console.print(f"[yellow]backend.concurrency={bcfg.concurrency} does not apply to {backend!r}: it "
                                   f"takes {backend.max_concurrency} request(s) at a time[/yellow]")
                 endpoint = self._endpoints.setdefault(endpoint_key(bcfg), Endpoint(repr(backend), bcfg.concurrency))
-                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True, endpoint=endpoint)
+                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True, endpoint=endpoint,
+                                         stop=self.stop)
         return self._clients[key]
 
     @property

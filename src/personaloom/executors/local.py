@@ -45,7 +45,10 @@ from personaloom.chat import ChatRequest, ChatResult
 from personaloom.errors import BackendError
 from personaloom.replies import normalize
 from personaloom.stats import Stats
+from personaloom.stop import RunStopped, StopSignal
 
+# What a request that was not sent after a stop request comes back as (never accounted or cached).
+_SKIPPED = ChatResult(error="not sent: the run is stopping")
 # Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
 # be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
 DEAD_AFTER = 24
@@ -74,6 +77,7 @@ class _StageProgress:
                 TimeRemainingColumn(),
                 _TokenRate(),
                 TextColumn("{task.fields[hits]} cached"),
+                TextColumn("{task.fields[limit]}"),
                 console=Console(stderr=True),
                 transient=False,
             )
@@ -85,7 +89,7 @@ class _StageProgress:
         if not self._tasks:
             self._progress.start()
         if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(stage, total=0, tokens=0, hits=0)
+            self._tasks[stage] = self._progress.add_task(stage, total=0, tokens=0, hits=0, limit="")
         return self._tasks[stage]
 
     def submitted(self, stage: str, n: int) -> None:
@@ -94,15 +98,20 @@ class _StageProgress:
             total = self._progress.tasks[task].total or 0
             self._progress.update(task, total=total + n)
 
-    def finished(self, stage: str, result: ChatResult) -> None:
+    def finished(self, stage: str, result: ChatResult, endpoint: Endpoint) -> None:
         task = self._task(stage)
         if self._progress is None or task is None:
             return
         fields = self._progress.tasks[task].fields
+        # The endpoint's current bound, and its configured one when overload brought it down.
+        limit = f"{endpoint.limit} in flight"
+        if endpoint.limit < endpoint.ceiling:
+            limit += f" (of {endpoint.ceiling})"
         if result.cached:
-            self._progress.update(task, advance=1, hits=fields["hits"] + 1)
+            self._progress.update(task, advance=1, hits=fields["hits"] + 1, limit=limit)
         else:
-            self._progress.update(task, advance=1, tokens=fields["tokens"] + result.usage.completion_tokens)
+            self._progress.update(task, advance=1, tokens=fields["tokens"] + result.usage.completion_tokens,
+                                  limit=limit)
 
     def stop(self) -> None:
         if self._progress is not None and self._tasks:
@@ -112,30 +121,62 @@ class _StageProgress:
 
 class Endpoint:
     """The one concurrency bound of a server (URL + model) or an in-process model, shared by every client
-    that talks to it. `limit` may change while requests wait (the lowest configured one wins)."""
+    that talks to it, adapted to what the server takes (AIMD).
+
+    `ceiling` is the configured concurrency (the lowest of the clients' settings); `limit` starts there.
+    When a request meets a 429, a 503 or a timeout (`overloaded`), the limit halves — once per episode:
+    only while no more requests are in flight than the limit allows, since those admitted under a higher
+    limit report the same overload — and no new request starts before the server's Retry-After has
+    passed. Every `limit` successes add one back, never above the ceiling.
+    """
 
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
-        self.limit = max(1, limit)
+        self.ceiling = self.limit = self.lowest = max(1, limit)
         self.in_flight = 0
+        self.cuts = 0
+        self._successes = 0
+        self._resume_at = 0.0
         self._cond: asyncio.Condition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def join(self, limit: int) -> None:
         """Another client of this endpoint, configured for at most `limit` requests at once."""
-        self.limit = min(self.limit, max(1, limit))
+        self.ceiling = min(self.ceiling, max(1, limit))
+        self.limit = min(self.limit, self.ceiling)
+        self.lowest = min(self.lowest, self.limit)
 
     def _condition(self) -> asyncio.Condition:
         loop = asyncio.get_running_loop()
         if self._cond is None or self._loop is not loop:
             # One per event loop: `LLM.run()` uses a fresh loop per call.
-            self._cond, self._loop, self.in_flight = asyncio.Condition(), loop, 0
+            self._cond, self._loop, self.in_flight, self._resume_at = asyncio.Condition(), loop, 0, 0.0
         return self._cond
+
+    def overloaded(self, retry_after: float | None) -> None:
+        """The server said it has too much (429/503/timeout): multiplicative decrease."""
+        if self.in_flight <= self.limit and self.limit > 1:
+            self.limit = max(1, self.limit // 2)
+            self.lowest = min(self.lowest, self.limit)
+            self.cuts += 1
+            self._successes = 0
+        if retry_after and self._loop is not None:
+            self._resume_at = max(self._resume_at, self._loop.time() + retry_after)
+
+    def succeeded(self) -> None:
+        """A request went through at the first try: additive increase."""
+        self._successes += 1
+        if self.limit < self.ceiling and self._successes >= self.limit:
+            self.limit += 1  # additive increase
+            self._successes = 0
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the endpoint's `limit` slots."""
+        """Hold one of the endpoint's `limit` slots (after the server's Retry-After, if it gave one)."""
         cond = self._condition()
+        loop = asyncio.get_running_loop()
+        while (wait := self._resume_at - loop.time()) > 0:
+            await asyncio.sleep(wait)
         async with cond:
             await cond.wait_for(lambda: self.in_flight < self.limit)
             self.in_flight += 1
@@ -144,7 +185,7 @@ class Endpoint:
         finally:
             async with cond:
                 self.in_flight -= 1
-                cond.notify()
+                cond.notify_all()
 
 
 class LLM:
@@ -160,6 +201,7 @@ class LLM:
         stats: Stats | None = None,
         progress: bool = True,
         endpoint: Endpoint | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
@@ -168,6 +210,8 @@ class LLM:
         self._progress = _StageProgress(progress and sys.stderr.isatty())
         self.endpoint = endpoint if endpoint is not None else Endpoint(repr(backend), backend.max_concurrency)
         self.endpoint.join(backend.max_concurrency)
+        backend.on_overload = self.endpoint.overloaded
+        self.stop = stop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, asyncio.Future[ChatResult]] = {}
         self._succeeded = False
@@ -183,6 +227,8 @@ class LLM:
 
     async def _call(self, request: ChatRequest) -> ChatResult:
         async with self.endpoint.slot():
+            if self.stop is not None and self.stop.requested:
+                return _SKIPPED  # not sent: the user asked the run to stop
             self.in_flight += 1
             start = time.perf_counter()
             try:
@@ -194,6 +240,8 @@ class LLM:
                 results = [ChatResult(error=f"{type(exc).__name__}: {exc}", latency_s=elapsed)]
             finally:
                 self.in_flight -= 1
+        if len(results) == 1 and results[0].error is None and results[0].retries == 0:
+            self.endpoint.succeeded()
         if len(results) != 1:
             return ChatResult(error=f"backend returned {len(results)} results for one request")
         return normalize(results[0], request)
@@ -201,7 +249,7 @@ class LLM:
     def _account(self, request: ChatRequest, result: ChatResult) -> None:
         """Stats and progress for one result; BackendError when the first DEAD_AFTER calls all failed."""
         self.stats.record_call(request.stage, result, request.metadata.get("id"))
-        self._progress.finished(request.stage, result)
+        self._progress.finished(request.stage, result, self.endpoint)
         if result.ok:
             self._succeeded = True
             self._failed_in_a_row = 0
@@ -232,7 +280,7 @@ class LLM:
         self._pending[key] = future
         try:
             result = await self._call(request)
-            if self.cache is not None:
+            if self.cache is not None and result is not _SKIPPED:
                 self.cache.put(key, result)
         except BaseException as exc:
             if not future.done():
@@ -247,7 +295,8 @@ class LLM:
                 del self._pending[key]
         if not future.done():
             future.set_result(result)
-        self._account(request, result)
+        if result is not _SKIPPED:
+            self._account(request, result)
         return result
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
@@ -264,7 +313,11 @@ class LLM:
         for stage, n in stages.items():
             self._progress.submitted(stage, n)
         self._fresh_loop()
-        return await gather_all(self._one(r) for r in requests)
+        results = await gather_all(self._one(r) for r in requests)
+        if any(r is _SKIPPED for r in results):
+            # The requests already at the server finished (and are cached); the stage cannot go on.
+            raise RunStopped(f"stopped by the user during {requests[0].stage}; re-run the same command to resume")
+        return results
 
     def run(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Synchronous `complete` for scripts and tests (not from inside a running event loop)."""

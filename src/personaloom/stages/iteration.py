@@ -18,9 +18,11 @@ from personaloom.config import RunConfig
 from personaloom.fsutil import atomic_write_text
 from personaloom.io import write_jsonl
 from personaloom.records import Conversation, Failure, Pair, TokenCount, Verdict
+from personaloom.stages.round import PairOutcome
 from personaloom.stages.sessions import converse
 from personaloom.stats import Stats, merge_tokens
 from personaloom.step import add_tokens
+from personaloom.stop import RunStopped
 from personaloom.text import is_english
 
 
@@ -36,14 +38,32 @@ def rejections(verdicts: list[Verdict]) -> dict[str, int]:
 
 async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], route: Router, config: RunConfig,
                         stats: Stats, folder: Path) -> tuple[list[Conversation], dict[str, Any]]:
-    """(the kept conversations, the summary written to summary.json)."""
-    outcomes = await asyncio.gather(*(converse(p, pool, route, config, k) for p in pairs))
+    """(the kept conversations, the summary written to summary.json). When the user stops the run, the
+    pairs that were finished are written (summary "partial": true) and RunStopped is raised, carrying
+    their kept conversations in `kept`."""
+    # Every pair's work ends (finished, or stopped after its calls in flight came back) before this returns.
+    done = await asyncio.gather(*(converse(p, pool, route, config, k) for p in pairs), return_exceptions=True)
+    errors = [e for e in done if isinstance(e, BaseException)]
+    if any(not isinstance(e, RunStopped) for e in errors):
+        raise next(e for e in errors if not isinstance(e, RunStopped))
+    finished = [(p, o) for p, o in zip(pairs, done, strict=True) if not isinstance(o, BaseException)]
+    selected, summary = _write(k, finished, stats, folder, partial=bool(errors))
+    if errors:
+        stopped = errors[0]
+        assert isinstance(stopped, RunStopped)
+        stopped.kept = selected
+        raise stopped
+    return selected, summary
+
+
+def _write(k: int, finished: list[tuple[Pair, PairOutcome]], stats: Stats, folder: Path,
+           partial: bool) -> tuple[list[Conversation], dict[str, Any]]:
     candidates: list[Conversation] = []
     verdicts: list[Verdict] = []
     failures: list[Failure] = []
     selected: list[Conversation] = []
     tokens: dict[str, TokenCount] = {}
-    for pair, outcome in zip(pairs, outcomes, strict=True):
+    for pair, outcome in finished:
         candidates.extend(outcome.candidates)
         verdicts.extend(outcome.verdicts)
         failures.extend(outcome.failures)
@@ -56,8 +76,12 @@ async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], rou
     write_jsonl(folder / "verdicts.jsonl", verdicts)
     write_jsonl(folder / "failures.jsonl", failures)
     write_jsonl(folder / "selected.jsonl", selected)
-    summary = {"pairs": len(pairs), "candidates": len(candidates), "kept": len(selected), "failures": len(failures),
-               "rejected": rejections(verdicts), "tokens": {r: t.model_dump() for r, t in sorted(tokens.items())}}
+    summary: dict[str, Any] = {
+        "pairs": len(finished), "candidates": len(candidates), "kept": len(selected), "failures": len(failures),
+        "rejected": rejections(verdicts), "tokens": {r: t.model_dump() for r, t in sorted(tokens.items())},
+    }
+    if partial:
+        summary["partial"] = True
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     for f in failures:
         stats.failure(f.reason)
