@@ -48,6 +48,7 @@ GOALS: dict[str, list[Goal]] = {
                   Goal("P-2 memory: peak RSS growth 1k -> 10k conversations (MB)", "memory_growth_mb", "<=", 100)],
     "vs_distilabel": [Goal("P-3 peer: personaloom / distilabel conversations/s", "ratio", ">=", 2.0)],
     "critic_cost": [Goal("P-4 critic cost: listwise / pairwise tokens per kept conv", "ratio", None)],
+    "calibrated_vote": [Goal("Calibrated / majority vote: original picked among degraded", "ratio", ">=", 1.0)],
     "persona_scale": [Goal("Persona stages at 100k attributes: total seconds", "seconds", None),
                       Goal("Persona stages at 100k attributes: peak RSS (MB)", "peak_mb", "<=", 4096)],
     "persona_stream": [Goal("Persona collection: sample 200 of 1M lines, seconds", "seconds", None),

@@ -45,9 +45,9 @@ async def _pipeline(seeds: list[Attribute], run_dir: Path, stats: Stats) -> dict
     embedder = Embedder(cache_path=run_dir / "embeddings.sqlite")
     sampling = SamplingConfig()
     exp_cfg = ExpandConfig(new_attributes=4, max_clusters_for_questions=4, bootstrap_steps=1, bootstrap_batch=8)
-    expansion = await expand(seeds, embedder, llm, exp_cfg, sampling, seed=0, stats=stats)
+    expansion = await expand(seeds, embedder, llm, exp_cfg, sampling, seed=0)
     prof_cfg = ProfilesConfig(profiles=4, size=3, max_tries_factor=6)
-    profiles = await build_profiles(expansion.attributes, embedder, llm, prof_cfg, sampling, seed=0, stats=stats)
+    profiles = await build_profiles(expansion.attributes, embedder, llm, prof_cfg, sampling, seed=0)
     pairs = pair_profiles(profiles.profiles, expansion.attributes, PairConfig(max_pairs=2), seed=0)
     await backend.aclose()
     return {"expansion": expansion, "profiles": profiles, "pairs": pairs, "embedder": embedder}

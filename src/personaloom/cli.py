@@ -49,6 +49,9 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the response cache.")]
+CalibrateOpt = Annotated[
+    bool, typer.Option("--calibrate", help="Measure every judge in use on labelled probes first (calibration.json).")
+]
 TargetKeptOpt = Annotated[
     int | None,
     typer.Option("--target-kept", help="Generate over pairs.jsonl until this many conversations are kept "
@@ -123,6 +126,7 @@ def run(
     language: LanguageOpt = None,
     sessions: SessionsOpt = None,
     seed_format: SeedFormatOpt = None,
+    calibrate: CalibrateOpt = False,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
     seed: SeedOpt = None,
@@ -150,7 +154,7 @@ def run(
 
         print_estimate(cfg)
         return
-    pipeline.run(cfg, until="all")
+    pipeline.run(cfg, until="all", calibrate=calibrate)
 
 
 @app.command()
@@ -278,11 +282,38 @@ def evaluate(
         int | None, typer.Option("--limit", help="Judge at most N conversations (metrics always cover all).")
     ] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    calibrate: CalibrateOpt = False,
 ) -> None:
     """Evaluate a dataset against human data: defects, diversity, hits@1, Turing and faithfulness tests."""
     from personaloom.evaluate.command import evaluate_command
 
-    evaluate_command(data, reference, out, judge, model, base_url, limit, seed)
+    evaluate_command(data, reference, out, judge, model, base_url, limit, seed, calibrate)
+
+
+@app.command("calibrate")
+def calibrate_judges(
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Conversations with personas to build probes from (default: seeds).")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", help="Machine-written conversations of --data's user pairs (Turing).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Probes (pairs) per judge.", min=1)] = 10,
+    critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
+    sets: SetOpt = None,
+    no_cache: NoCacheOpt = False,
+    seed: SeedOpt = None,
+) -> None:
+    """Measure every configured judge on labelled probes: accuracy, bias, kappa -> OUT/calibration.json."""
+    from personaloom.calibrate.command import calibrate as run_calibration
+
+    cfg = _flags(config, out, None, backend, model, base_url, sets, no_cache, seed, **{"critic.mode": critic})
+    run_calibration(cfg, Path(cfg.out), data, reference, limit)
 
 
 @app.command()

@@ -167,6 +167,10 @@ class CriticConfig(Record):
     both_orders: bool = False
     # Run faithfulness/toxicity first and compare only the survivors (fewer calls, less concurrency).
     filter_first: bool = False
+    # majority: the paper's vote (each quality expert worth its weight). calibrated: each quality expert's
+    # weight is its measured skill above chance and a filter expert at chance is off (calibration.json in
+    # the run directory: `personaloom calibrate` or `run --calibrate`).
+    weights: Literal["majority", "calibrated"] = "majority"
     # A judge that cannot be parsed abstains; with this set, an abstaining filter expert rejects.
     reject_on_abstain: bool = False
     # --language: the language expert rejects a candidate with fewer of its (identifiable) utterances in

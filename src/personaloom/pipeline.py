@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from personaloom import stagenames as names
+from personaloom.calibrate.command import prepare
 from personaloom.config import RunConfig, dump_config
 from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.executors.clients import Clients
@@ -362,11 +363,14 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conve
         await pipe.clients.aclose()
 
 
-def run(config: RunConfig, until: str = "all", only: str | None = None) -> None:
+def run(config: RunConfig, until: str = "all", only: str | None = None, calibrate: bool = False) -> None:
     """Run the pipeline up to and including `until` ("expand", "profiles", "pair", "generate"/"all");
-    `only="<stage>"` runs that one stage on the previous stages' files (the one-stage commands)."""
-    started = time.perf_counter()
-    pipe = Pipeline(config)
+    `only="<stage>"` runs that one stage on the previous stages' files (the one-stage commands); with
+    `calibrate`, the judges are measured first (calibrate/command.py: warnings, calibrated weights)."""
+    started, cfg = time.perf_counter(), config
+    seeds = load_seed_set(cfg.seed_data, cfg.seed_format, cfg.expand.personas, cfg.seed) if calibrate else None
+    pipe = Pipeline(prepare(config, seeds.conversations if seeds is not None else None))
+    config = pipe.config
     atomic_write_text(pipe.out / "config.yaml", dump_config(config))
     try:
         conversations = asyncio.run(_run_async(pipe, until, only))

@@ -32,8 +32,10 @@ def evaluate_command(
     base_url: str | None,
     limit: int | None,
     seed: int,
+    calibrate: bool = False,
 ) -> dict[str, Any]:
-    """`personaloom evaluate`: metrics.json + report.html; LLM tests through a cached judge client."""
+    """`personaloom evaluate`: metrics.json + report.html; LLM tests through a cached judge client. With
+    `calibrate`, the judge is first measured on labelled probes (calibration.json beside metrics.json)."""
     from personaloom.embed import Embedder
     from personaloom.evaluate.suite import evaluate
     from personaloom.executors.clients import Clients
@@ -50,6 +52,13 @@ def evaluate_command(
         {"seed": seed, "out": str(out_dir), "backend": {"kind": "embedded" if judge == "none" else judge,
                                                        "model": model, "base_url": base_url}}
     )
+    if calibrate and judge != "none":
+        from personaloom.calibrate.command import calibrate as measure
+
+        # Probes from the human reference when there is one; the evaluated data is the machine side of the
+        # Turing probes.
+        human = reference if reference is not None else str(data_path)
+        measure(config, out_dir, human, str(data_path) if reference is not None else None, limit or 10)
     stats = Stats()
     clients = Clients(config, out_dir, stats)
     embedder = Embedder(config.embed.model, cache_path=out_dir / "embeddings.sqlite")

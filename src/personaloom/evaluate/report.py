@@ -124,7 +124,7 @@ def load_run_info(run_dir: Path) -> RunInfo | None:
 # ---- figures -----------------------------------------------------------------------------------
 
 
-def defectfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
+def defect_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     plt = plt_headless()
     kinds = list(DEFECT_LABELS)
     fig, ax = plt.subplots(figsize=(9, 3.4))
@@ -161,7 +161,7 @@ def _bin_labels(edges: list[float]) -> list[str]:
     return out
 
 
-def lengthfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
+def length_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     plt = plt_headless()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     for ax, key, title in (
@@ -185,7 +185,7 @@ def lengthfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     return figure(fig, "length distributions, data vs reference")
 
 
-def distinctfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
+def distinct_figure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     plt = plt_headless()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     keys = ["distinct_1", "distinct_2", "distinct_3"]
@@ -205,7 +205,7 @@ def distinctfigure(data: dict[str, Any], ref: dict[str, Any] | None) -> str:
     return figure(fig, "distinct-n, data vs reference")
 
 
-def turingfigure(turing: dict[str, Any]) -> str:
+def turing_figure(turing: dict[str, Any]) -> str:
     plt = plt_headless()
     fig, ax = plt.subplots(figsize=(6, 3))
     names = ["lose", "win", "tie"]
@@ -351,7 +351,7 @@ def turing_section(turing: dict[str, Any] | None, note: str | None) -> str:
         + table(["outcome", "rate", "95% CI", "pairs"], rows)
         + f'<p class="note">n = {num(turing.get("n"))} pairs judged, {num(turing.get("invalid"))} unparseable, '
         f"{num(turing.get('matched_pairs'))} of {num(turing.get('pairs'))} paired by the same user pair.</p>"
-        + turingfigure(turing)
+        + turing_figure(turing)
     )
 
 
@@ -394,6 +394,48 @@ def toxicity_section(tox: dict[str, Any] | None, note: str | None) -> str:
         [[pct(tox.get("rate")), num(tox.get("toxic")), num(tox.get("n")), num(tox.get("abstain"))]],
         left_cols=0,
     )
+
+
+def judge_note(calibration: dict[str, Any], name: str) -> str:
+    """One line under an LLM-judged table: how that judge did on its calibration probes."""
+    row = calibration.get(name)
+    if not isinstance(row, dict):
+        return ""
+    return (f'<p class="note">Judge calibration ({esc(name)}): accuracy {pct(row.get("accuracy"))} '
+            f'(95% CI {pct(row.get("ci_low"))} – {pct(row.get("ci_high"))}, chance {pct(row.get("chance"))}) on '
+            f'{num(row.get("n"))} labelled probes; position bias {num(row.get("position_bias"), 2)}.</p>')
+
+
+def calibration_section(calibration: dict[str, Any]) -> str:
+    """Each judge's accuracy on labelled probes with its interval against chance, its biases and kappa, and
+    a warning panel for the judges at chance or following the order shown."""
+    from personaloom.calibrate.command import warnings
+
+    rows_in = {k: v for k, v in calibration.items() if isinstance(v, dict) and "accuracy" in v}
+    if not rows_in:
+        return ""
+    rows = [[esc(name), pct(r["accuracy"]), f"{pct(r['ci_low'])} – {pct(r['ci_high'])}", pct(r["chance"]),
+             num(r.get("position_bias"), 2), num(r.get("length_bias"), 2), num(r.get("kappa"), 2), num(r.get("n")),
+             num(r.get("weight"), 2)] for name, r in rows_in.items()]
+    plt = plt_headless()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows_in) + 1))
+    names = list(rows_in)
+    acc = [float(rows_in[n]["accuracy"]) for n in names]
+    err = [[a - float(rows_in[n]["ci_low"]) for n, a in zip(names, acc, strict=True)],
+           [float(rows_in[n]["ci_high"]) - a for n, a in zip(names, acc, strict=True)]]
+    ax.barh(names, acc, xerr=err, color=DATA_COLOUR)
+    ax.scatter([float(rows_in[n]["chance"]) for n in names], names, color=REF_COLOUR, marker="|", s=200, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy on labelled probes (95% CI)")
+    ax.legend(loc="lower right")
+    panel = "".join(f'<p class="missing">{esc(line)}</p>' for line in warnings(rows_in))
+    return ("<h2>Judge calibration</h2><p class=\"note\">Every judge in use, asked about labelled probes built from "
+            "real conversations (original vs degraded along the expert's criterion, both orders), hand-written "
+            "toxic/benign conversations and attribute pairs. Chance: always giving the commonest label. Position "
+            "bias: share of probe pairs where the judge picked the same position in both orders. Weight: the "
+            "vote weight critic.weights=calibrated gives it (0 at chance).</p>" + panel
+            + table(["judge", "accuracy", "95% CI", "chance", "position bias", "length bias", "kappa", "n", "weight"],
+                    rows) + figure(fig, "judge accuracy against chance"))
 
 
 def run_section(run: RunInfo | None) -> str:
@@ -479,7 +521,7 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
             "speaker prefix, name placeholders such as [User 1's name], two consecutive utterances by the "
             "same speaker.</p>"
         )
-        body.append(defectfigure(metrics, ref))
+        body.append(defect_figure(metrics, ref))
         dkeys = list(DEFECT_LABELS)
         drows = [
             [
@@ -491,12 +533,16 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
         ]
         body.append(table(["defect", "data", "reference"], drows))
         body.append("<h2>Length and diversity</h2>")
-        body.append(lengthfigure(metrics, ref))
-        body.append(distinctfigure(metrics, ref))
+        body.append(length_figure(metrics, ref))
+        body.append(distinct_figure(metrics, ref))
         body.append(hits_section(metrics))
-        body.append(turing_section(metrics.get("turing"), notes.get("turing")))
-        body.append(faithfulness_section(metrics.get("faithfulness"), notes.get("faithfulness")))
-        body.append(toxicity_section(metrics.get("toxicity"), notes.get("toxicity")))
+        found = metrics.get("calibration")
+        calibration: dict[str, Any] = found if isinstance(found, dict) else {}
+        for name, section in (("turing", turing_section), ("faithfulness", faithfulness_section),
+                              ("toxicity", toxicity_section)):
+            ran = isinstance(metrics.get(name), dict)
+            body.append(section(metrics.get(name), notes.get(name)) + (judge_note(calibration, name) if ran else ""))
+        body.append(calibration_section(calibration))
 
         body.append(feature_sections(metrics, run.verdicts if run is not None else None))
     else:

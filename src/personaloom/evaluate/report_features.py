@@ -12,7 +12,7 @@ from personaloom.evaluate.html import DATA_COLOUR, REF_COLOUR, esc, figure, num,
 from personaloom.records import TRAITS
 
 
-def _agreementfigure(rows: list[tuple[str, dict[str, Any]]]) -> str:
+def _agreement_figure(rows: list[tuple[str, dict[str, Any]]]) -> str:
     plt = plt_headless()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     width = 0.8 / max(1, len(rows))
@@ -54,7 +54,7 @@ def big_five_section(m: dict[str, Any] | None) -> str:
     rows.append(["<b>all traits</b>", *[pct(b.get("overall")) for _, b in blocks], *["" for _ in blocks]])
     levels = ", ".join(f"{esc(k)}: {num(v)}" for k, v in (m.get("levels") or {}).items())
     return (
-        head + table(header, rows) + _agreementfigure(blocks)
+        head + table(header, rows) + _agreement_figure(blocks)
         + f'<p class="note">levels given (speakers): {levels or "–"}</p>'
     )
 

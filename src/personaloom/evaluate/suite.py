@@ -37,6 +37,7 @@ from personaloom.evaluate.turing import run_turing
 from personaloom.fsutil import atomic_open, atomic_write_text, ensure_dir
 from personaloom.records import Conversation
 from personaloom.rng import rng_for
+from personaloom.rundir import read_json
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
@@ -162,6 +163,9 @@ async def evaluate(
             _write_jsonl(out / "judge" / f"{name}.jsonl", (v.model_dump(mode="json") for v in found))
     t = lap("features", t)
     metrics["notes"] = notes
+    # The judges' calibration (personaloom calibrate), here or in the run directory evaluated.
+    calibrations = [read_json(d / "calibration.json") for d in (out, data_path) if d.is_dir()]
+    metrics["calibration"] = next((c for c in calibrations if c), None)
     metrics["source"] = {
         "data": str(data_path),
         "reference": str(reference) if reference is not None else None,
