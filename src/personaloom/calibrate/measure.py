@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from personaloom.calibrate.probes import Check, Comparison, Contradiction
 from personaloom.chat import ChatRequest, ChatResult, Router
@@ -27,6 +27,9 @@ from personaloom.stages.critic.registry import ExpertContext
 from personaloom.stages.profiles import make_judge
 from personaloom.stats import Stats
 from personaloom.step import Step
+
+ProbeT = TypeVar("ProbeT")
+OutT = TypeVar("OutT")
 
 
 @dataclass
@@ -88,17 +91,21 @@ def _stage(request: ChatRequest, stage: str) -> ChatRequest:
     return request.model_copy(update={"metadata": {**request.metadata, "stage": stage}})
 
 
-class Compare(Step[Comparison, int]):
-    """A quality expert's pick (index into `shown`) between a conversation and its degraded copy."""
+class _AskExpert(Step[ProbeT, OutT]):
+    """A registered expert asked about probes, on its own client, staged "calibrate.<expert>"."""
 
     def __init__(self, expert: str, ctx: ExpertContext) -> None:
         self.expert, self.ctx = registry.get(expert), ctx
 
-    def role_of(self, item: Comparison) -> str:
+    def role_of(self, item: ProbeT) -> str:
         return self.expert.name
 
-    def stage_of(self, item: Comparison) -> str:
+    def stage_of(self, item: ProbeT) -> str:
         return f"calibrate.{self.expert.name}"
+
+
+class Compare(_AskExpert[Comparison, int]):
+    """A quality expert's pick (index into `shown`) between a conversation and its degraded copy."""
 
     def item_id(self, item: Comparison) -> str:
         return "|".join(c.id for c in item.shown)
@@ -117,17 +124,8 @@ class Compare(Step[Comparison, int]):
         return self.failure(item, first.decision, first.rationale, raw=result.text)
 
 
-class Judge(Step[Check, str]):
+class Judge(_AskExpert[Check, str]):
     """A filter expert's verdict ("pass" or "reject") on one conversation."""
-
-    def __init__(self, expert: str, ctx: ExpertContext) -> None:
-        self.expert, self.ctx = registry.get(expert), ctx
-
-    def role_of(self, item: Check) -> str:
-        return self.expert.name
-
-    def stage_of(self, item: Check) -> str:
-        return f"calibrate.{self.expert.name}"
 
     def item_id(self, item: Check) -> str:
         return item.conversation.id
