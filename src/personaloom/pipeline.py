@@ -10,8 +10,8 @@ re-run skips a stage whose fingerprint matches and recomputes one whose settings
 changed. Work inside an unfinished stage is not lost either: every LLM result is committed
 to the response cache when it arrives, so redoing the stage pays only for calls that were in flight.
 
-A stage none of whose LLM calls succeeded stops the run right there (BackendError, exit 2) with the
-server's own message; every failed call is also listed in the run's failures.jsonl.
+A stage none of whose LLM calls succeeded stops the run (BackendError, exit 2) with the server's own message;
+every failed call is listed in failures.jsonl. Ctrl-C writes what was kept so far (stop.py).
 """
 
 from __future__ import annotations
@@ -327,10 +327,8 @@ class Pipeline:
         with self.stats.stage(f"iteration.{k}") as st:
             selected, summary = await run_iteration(k, pairs, pool, self.clients.role, self.config, self.stats, folder)
             st.update(summary)
-        console.print(
-            f"iteration {k}: {summary['pairs']} pairs, {summary['candidates']} candidates, kept {summary['kept']}, "
-            f"failures {summary['failures']}"
-        )
+        console.print(f"iteration {k}: {summary['pairs']} pairs, {summary['candidates']} candidates, kept "
+                      f"{summary['kept']}, failures {summary['failures']}")
         return selected
 
     def write_report(self) -> None:
