@@ -103,4 +103,4 @@ def test_live_round_on_embedded_model() -> None:
         assert {v.expert for v in out.verdicts} == set(EXPERTS)
     # grammar-constrained judges always answer in the schema
     assert not [f for f in out.failures if f.reason == "unparseable"]
-    assert out.tokens["generate"]["completion_tokens"] > 0
+    assert out.tokens["generate"].completion_tokens > 0
