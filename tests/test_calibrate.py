@@ -214,3 +214,28 @@ def test_turing_probes_pair_human_data_with_machine_reference(tmp_path: Path) ->
     turing = results["turing"]
     assert turing["n"] == 6 and turing["position_bias"] is not None and "weight" in turing
     assert json.loads((tmp_path / "cal" / "calibration.json").read_text())["turing"] == turing
+
+
+def feature_oracle(request: ChatRequest) -> str:
+    """Right about the features' probes: reads curt replies as low agreeableness, a negated earlier statement
+    as a contradiction; everything else like `oracle`."""
+    schema = json.dumps(request.json_schema)
+    content = request.messages[-1].content
+    if '"user2"' in schema:
+        curt = sum(json.dumps(x) in content for x in probes.CURT) >= 2
+        level = {"agreeableness": "low" if curt else "high"}
+        return json.dumps({"user1": level, "user2": level, "rationale": "x"})
+    if "contradictory" in schema:
+        return json.dumps({"verdict": "contradictory" if "I never said otherwise" in content else "consistent",
+                           "rationale": "x"})
+    return oracle(request)
+
+
+def test_feature_judges_are_calibrated_when_configured() -> None:
+    config = build_config(overrides=["profiles.nli=none", "big_five.enabled=true", "sessions.count=2"])
+    llm = LLM(FakeBackend(feature_oracle), None, Stats(), progress=False)
+    results = asyncio.run(measure_all(config, lambda _role: llm, llm.stats, CONVS, None, 3))
+    assert results["traits"]["n"] == 12 and results["traits"]["accuracy"] == 1.0
+    assert results["cross_session"]["n"] == 6 and results["cross_session"]["accuracy"] == 1.0
+    plain = _measure(always_a)
+    assert "traits" not in plain and "cross_session" not in plain  # not configured: not measured

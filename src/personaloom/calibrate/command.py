@@ -5,9 +5,10 @@ In: a RunConfig (its backend and each enabled expert's own), the output folder, 
 (conversations with personas: the probes' source; default the shipped seed set) and `reference` (for the
 Turing judge: machine-written conversations of the same user pairs as `data`'s human ones), a probe limit. Out:
 DIR/calibration.json keyed by judge name (depth, coherency, consistency, diversity, likeability: in the
-critic's mode, with both modes under "pairwise"/"listwise"; faithfulness, toxicity, nli; turing with a
-reference), each {accuracy, ci_low, ci_high, chance, position_bias, length_bias, kappa, n, weight, ...}.
-Every probe call goes through the run's cache: re-running is free.
+critic's mode, with both modes under "pairwise"/"listwise"; faithfulness, toxicity, nli; traits with
+--big-five, cross_session with --sessions; turing with a reference), each {accuracy, ci_low, ci_high,
+chance, position_bias, length_bias, kappa, n, weight, ...}. Every probe call goes through the run's cache:
+re-running is free.
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ async def measure_all(config: RunConfig, route: Router, stats: Stats, convs: lis
             found[mode] = score.summary()
         results[expert] = {**found[config.critic.mode], **found}
     ctx = measure.expert_context(config, config.critic.mode)
+    features = {"traits": config.big_five.active, "cross_session": config.sessions.count > 1}
     for expert, checks in (("faithfulness", probes.faithfulness_checks(convs, limit)),
-                           ("toxicity", probes.toxicity_checks(limit))):
-        if expert in FILTER_EXPERTS and _enabled(config, expert) and checks:
+                           ("toxicity", probes.toxicity_checks(limit)),
+                           ("traits", probes.traits_checks(convs, limit)),
+                           ("cross_session", probes.cross_session_checks(convs, limit))):
+        if features.get(expert, True) and _enabled(config, expert) and checks:
             results[expert] = (await measure.checks(expert, checks, route, ctx, stats)).summary()
     if config.profiles.nli == "llm":
         results["nli"] = (await measure.nli(probes.contradictions(limit), route, config, stats)).summary()

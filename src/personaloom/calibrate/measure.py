@@ -130,11 +130,14 @@ class Judge(_AskExpert[Check, str]):
     def item_id(self, item: Check) -> str:
         return item.conversation.id
 
+    def _ctx(self, item: Check) -> ExpertContext:
+        return self.ctx if item.session is None else replace(self.ctx, session=item.session)
+
     def request(self, item: Check) -> ChatRequest:
-        return _stage(self.expert.request((item.conversation,), self.ctx), self.stage_of(item))
+        return _stage(self.expert.request((item.conversation,), self._ctx(item)), self.stage_of(item))
 
     def parse(self, item: Check, result: ChatResult) -> str | Failure:
-        (verdict,) = self.expert.parse((item.conversation,), result, self.ctx)
+        (verdict,) = self.expert.parse((item.conversation,), result, self._ctx(item))
         if verdict.decision in ("pass", "reject"):
             return verdict.decision
         return self.failure(item, verdict.decision, verdict.rationale, raw=result.text)

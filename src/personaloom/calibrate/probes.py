@@ -12,7 +12,9 @@ Degradations, one per quality expert's criterion (the original must win against 
   consistency  a speaker's last line replaced by a statement contradicting one of their earlier ones;
   likeability  one speaker's lines replaced by curt, dismissive replies.
 Faithfulness: the conversation with its own profiles ("pass") vs with one profile edited so that an
-attribute the speaker expresses is negated ("reject"). Every comparison is shown in both orders.
+attribute the speaker expresses is negated ("reject"). Traits (--big-five): user 2 as written and made curt,
+each given high and low agreeableness. Cross-session (--sessions): a conversation's second half after its
+first, as is and opening with a contradiction of session 1. Every comparison is shown in both orders.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from personaloom.records import Conversation, Turn
+from personaloom.records import Conversation, Session, SessionContext, Turn
 from personaloom.rng import rng_for
 from personaloom.text import words
 
@@ -48,11 +50,13 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Check:
-    """One conversation and the verdict a good filter gives it ("pass" or "reject")."""
+    """One conversation and the verdict a good filter gives it ("pass" or "reject"); `session`: the earlier
+    session a cross-session probe continues."""
 
     key: str
     conversation: Conversation
     expected: str
+    session: SessionContext | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,37 @@ def faithfulness_checks(convs: list[Conversation], limit: int) -> list[Check]:
         edited = [negate(a) if a == attribute else a for a in conv.user1_persona]
         bad = conv.model_copy(update={"id": f"{conv.id}~unfaithful", "user1_persona": edited})
         out += [Check(f"faithfulness:{conv.id}", conv, "pass"), Check(f"faithfulness:{conv.id}~", bad, "reject")]
+    return out
+
+
+def traits_checks(convs: list[Conversation], limit: int) -> list[Check]:
+    """--big-five: user 2 as written (friendly: high agreeableness) and made curt and dismissive (low), each
+    given both levels: the traits expert should pass the level that fits and reject the other."""
+    out: list[Check] = []
+    for conv in convs[:limit]:
+        for shown, fits in ((conv, "high"), (degrade(conv, "likeability", 0), "low")):
+            for given in ("high", "low"):
+                probe = shown.model_copy(update={"id": f"{shown.id}~agreeableness-{given}", "user1_traits": None,
+                                                 "user2_traits": {"agreeableness": given}})
+                out.append(Check(f"traits:{shown.id}", probe, "pass" if given == fits else "reject"))
+    return out
+
+
+def cross_session_checks(convs: list[Conversation], limit: int) -> list[Check]:
+    """--sessions: a conversation's first half as session 1; its second half as session 2 ("pass"), and the
+    second half opening with user 1 contradicting what they said in session 1 ("reject")."""
+    out: list[Check] = []
+    for conv in convs[:limit]:
+        half = len(conv.turns) // 2 // 2 * 2
+        first, second = conv.turns[:half], conv.turns[half:]
+        said = next((t.text for t in first if t.speaker == 1), "")
+        ctx = SessionContext(index=2, gap="one week", memory={"user1": "", "user2": ""},
+                             previous=[Session(index=1, turns=first)])
+        contradiction = Turn(speaker=1, text=f"{negate(said.split('.')[0].strip() or said)}. I never said otherwise.")
+        good = conv.model_copy(update={"id": f"{conv.id}~s2", "turns": second})
+        bad = conv.model_copy(update={"id": f"{conv.id}~s2-contradicts", "turns": [contradiction, *second[1:]]})
+        out += [Check(f"cross_session:{conv.id}", good, "pass", ctx),
+                Check(f"cross_session:{conv.id}~", bad, "reject", ctx)]
     return out
 
 
