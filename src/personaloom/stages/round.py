@@ -183,7 +183,8 @@ async def critique(tasks: list[Judged], route: Router, ctx: ExpertContext, out: 
         if isinstance(got, Failure):
             problem = f"llm error: {got.detail}" if got.reason == "llm_error" else got.detail
             a = task.shown[0]
-            b = task.shown[1] if len(task.shown) == 2 and registry.is_quality(task.expert) else None
+            pairwise = registry.is_quality(task.expert) and ctx.mode == "pairwise"
+            b = task.shown[1] if pairwise else None
             for conv in task.shown:
                 opponent = None if b is None else (b.id if conv is a else a.id)
                 verdicts.append(abstain(conv, task.expert, problem, opponent))
