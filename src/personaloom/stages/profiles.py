@@ -327,9 +327,16 @@ async def build_profiles(
         return ProfilesResult([], {})
     emb = embedder.encode([a.text for a in attributes])
     judge = make_judge(cfg, llm, seed, sampling)
-    built = await asyncio.gather(
-        *(_build_one(k, attributes, emb, judge, cfg, seed, rejections) for k in range(cfg.profiles))
+    # Every builder ends before this returns (a stopped run lets the calls in flight finish), then the
+    # first error, if any, is raised.
+    done = await asyncio.gather(
+        *(_build_one(k, attributes, emb, judge, cfg, seed, rejections) for k in range(cfg.profiles)),
+        return_exceptions=True,
     )
+    errors = [e for e in done if isinstance(e, BaseException)]
+    if errors:
+        raise errors[0]
+    built = [b for b in done if not isinstance(b, BaseException)]
     profiles: list[Profile] = []
     seen: set[frozenset[str]] = set()
     for k, chosen in enumerate(built):
