@@ -124,15 +124,19 @@ def _statement_request(template: str, attribute: str, item: FaithItem, kind: str
     )
 
 
-def distractor_requests(item: FaithItem, seed: int = 0, sampling: Sampling | None = None) -> list[ChatRequest]:
-    """[negation of true[0], contradiction of true[1] (true[0] when there is only one)]; `sampling`: the
-    run's (default: the paper's)."""
-    target = item.true[1] if len(item.true) > 1 else item.true[0]
+def distractor_request(item: FaithItem, which: int, seed: int = 0, sampling: Sampling | None = None) -> ChatRequest:
+    """which 0: the negation of true[0]; 1: a contradiction of true[1] (true[0] when there is only one);
+    `sampling`: the run's (default: the paper's)."""
     sampling = sampling if sampling is not None else Sampling()
-    return [
-        _statement_request("distractor_negation.j2", item.true[0], item, "negation", seed, sampling),
-        _statement_request("distractor_contradiction.j2", target, item, "contradiction", seed, sampling),
-    ]
+    if which == 0:
+        return _statement_request("distractor_negation.j2", item.true[0], item, "negation", seed, sampling)
+    target = item.true[1] if len(item.true) > 1 else item.true[0]
+    return _statement_request("distractor_contradiction.j2", target, item, "contradiction", seed, sampling)
+
+
+def distractor_requests(item: FaithItem, seed: int = 0, sampling: Sampling | None = None) -> list[ChatRequest]:
+    """[negation of true[0], contradiction of true[1]] (see `distractor_request`)."""
+    return [distractor_request(item, which, seed, sampling) for which in (0, 1)]
 
 
 def parse_statement(text: str, forbidden: set[str], prompt: str = "") -> str | None:
@@ -263,7 +267,7 @@ class WriteDistractor(Step[tuple[FaithItem, int], str]):
         return item[0].key
 
     def request(self, item: tuple[FaithItem, int]) -> ChatRequest:
-        return distractor_requests(item[0], self.seed, self.sampling)[item[1]]
+        return distractor_request(item[0], item[1], self.seed, self.sampling)
 
     def parse(self, item: tuple[FaithItem, int], result: ChatResult) -> str | Failure:
         conv = item[0].conversation

@@ -116,22 +116,23 @@ def display_lines(conv: Conversation) -> list[str]:
     return [f"User {t.speaker}: {surface(t.text)}" for t in conv.turns]
 
 
+def build_request(pair: TuringPair, order: int, seed: int = 0, max_tokens: int = 24) -> ChatRequest:
+    """Order 0: generated shown as A; order 1: generated shown as B."""
+    gen, ref = display_lines(pair.generated), display_lines(pair.reference)
+    a, b = (gen, ref) if order == 0 else (ref, gen)
+    return ChatRequest(
+        messages=[Message(role="user", content=render("judge_turing.j2", conversation_a=a, conversation_b=b))],
+        # Greedy: a tie should mean position bias, not sampling noise.
+        params=GREEDY.params(max_tokens, derive_seed(seed, "turing", pair.generated.id)),
+        json_schema=SCHEMA,
+        metadata={"stage": "evaluate.turing", "id": pair.generated.id,
+                  "order": ("generated-first", "reference-first")[order]},
+    )
+
+
 def build_requests(pair: TuringPair, seed: int = 0, max_tokens: int = 24) -> list[ChatRequest]:
     """Two requests: generated shown as A, then generated shown as B."""
-    gen, ref = display_lines(pair.generated), display_lines(pair.reference)
-    out: list[ChatRequest] = []
-    for order, (a, b) in (("generated-first", (gen, ref)), ("reference-first", (ref, gen))):
-        prompt = render("judge_turing.j2", conversation_a=a, conversation_b=b)
-        out.append(
-            ChatRequest(
-                messages=[Message(role="user", content=prompt)],
-                # Greedy: a tie should mean position bias, not sampling noise.
-                params=GREEDY.params(max_tokens, derive_seed(seed, "turing", pair.generated.id)),
-                json_schema=SCHEMA,
-                metadata={"stage": "evaluate.turing", "id": pair.generated.id, "order": order},
-            )
-        )
-    return out
+    return [build_request(pair, order, seed, max_tokens) for order in (0, 1)]
 
 
 def parse_choice(text: str) -> Choice | None:
@@ -220,7 +221,7 @@ class AskTuring(Step[tuple[TuringPair, int], Choice]):
         return item[0].generated.id
 
     def request(self, item: tuple[TuringPair, int]) -> ChatRequest:
-        return build_requests(item[0], self.seed)[item[1]]
+        return build_request(item[0], item[1], self.seed)
 
     def parse(self, item: tuple[TuringPair, int], result: ChatResult) -> Choice | Failure:
         choice = parse_choice(result.text)
