@@ -78,14 +78,15 @@ async def stream(items: Iterator[T], work: Callable[[T], Awaitable[str]], out: I
     return done
 
 
-def make_llm(url: str, concurrency: int, folder: Path) -> tuple[LLM, ResponseCache]:
-    cfg = BackendConfig(kind="openai", model="loopback", base_url=url, concurrency=concurrency, timeout_s=120)
+def make_llm(url: str, args: argparse.Namespace, folder: Path) -> tuple[LLM, ResponseCache]:
+    cfg = BackendConfig(kind="openai", model="loopback", base_url=url, concurrency=args.concurrency, timeout_s=120,
+                        transport=args.transport)
     cache = ResponseCache(folder / "cache.sqlite")
     return LLM(OpenAIBackend(cfg), cache, Stats(), progress=False), cache
 
 
 async def memory_phase(url: str, args: argparse.Namespace, folder: Path) -> tuple[float, float, float, float]:
-    llm, cache = make_llm(url, args.concurrency, folder / "mem")
+    llm, cache = make_llm(url, args, folder / "mem")
     marks: dict[str, tuple[float, float]] = {}
     profiles = "User 1: I grow tomatoes. I fix old radios. User 2: I teach chess. I bake sourdough."
 
@@ -112,7 +113,7 @@ async def memory_phase(url: str, args: argparse.Namespace, folder: Path) -> tupl
 
 
 async def timing_phase(url: str, args: argparse.Namespace, folder: Path) -> float:
-    llm, cache = make_llm(url, args.concurrency, folder / "time")
+    llm, cache = make_llm(url, args, folder / "time")
 
     async def one(i: int) -> str:
         result = (await llm.complete([request(i, "generate", "Tell me about your week.", 256)]))[0]
@@ -142,9 +143,12 @@ def main() -> None:
     # The backend default (backend.concurrency). At 64 on 2 cores the openai client's HTTP stack needs
     # ~2 ms CPU per request and becomes the limit (bench/README.md); run with --concurrency 64 to see it.
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--transport", choices=["aiohttp", "httpx"], default="aiohttp",
+                        help="backend.transport: the openai client's HTTP transport (default aiohttp)")
     args = parser.parse_args()
     print(f"settings: server latency={args.latency * 1000:g} ms fixed, unlimited server concurrency (asyncio, own "
-          f"process); client OpenAIBackend + ResponseCache (fresh) + LLM, concurrency={args.concurrency}, "
+          f"process); client OpenAIBackend ({args.transport}) + ResponseCache (fresh) + LLM, "
+          f"concurrency={args.concurrency}, "
           f"{2 * args.concurrency} producer tasks; requests={args.requests}, conversations={args.conversations} "
           f"(2 requests each)")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")

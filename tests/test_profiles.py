@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,27 @@ def _attrs() -> list[Attribute]:
     return [Attribute(id=f"a{i}", text=t, cluster=i % 4) for i, t in enumerate(TEXTS)]
 
 
+CONTRADICTING = {frozenset({"i have two dogs.", "i hate dogs."})}
+
+
+def listed(prompt: str) -> tuple[list[str], str]:
+    """The numbered statements and the new statement of a consistency.j2 prompt."""
+    statements = [json.loads(m.group(1)) for m in re.finditer(r'^\d+\. (".*")$', prompt, re.MULTILINE)]
+    candidate = json.loads(prompt.split("New statement: ", 1)[1].splitlines()[0])
+    return statements, candidate
+
+
 def _responder(request: ChatRequest) -> str:
-    if request.metadata["stage"] == "profiles.negation":
-        statement = json.loads(request.messages[0].content.split("Statement: ", 1)[1].splitlines()[0])
-        return f"Opposite: I deny that {statement}"
+    """Knows that "i hate dogs." and "i have two dogs." contradict: in the paper's pairwise form (negation +
+    yes/no) and in the listwise one (the numbers of the statements the new one contradicts)."""
     prompt = request.messages[0].content
+    if request.metadata["stage"] == "profiles.negation":
+        statement = json.loads(prompt.split("Statement: ", 1)[1].splitlines()[0])
+        return f"Opposite: I deny that {statement}"
+    if "New statement: " in prompt:
+        statements, candidate = listed(prompt)
+        found = [i + 1 for i, s in enumerate(statements) if frozenset({s, candidate}) in CONTRADICTING]
+        return json.dumps({"contradicts": found})
     contradiction = "hate" in prompt and "two dogs" in prompt and "deny" in prompt
     return json.dumps({"answer": "yes" if contradiction else "no"})
 
@@ -67,11 +84,22 @@ def test_requests_parsing_and_schema() -> None:
     assert pr.parse_yes_no("Yes, it does.") is True
     assert pr.parse_yes_no("maybe") is None
     assert pr.parse_negation("Opposite: I do not have any dogs.") == "I do not have any dogs."
+    item = pr.Candidate(Attribute(id="c", text="I hate dogs."), (Attribute(id="m1", text="I have a dog."),
+                                                               Attribute(id="m2", text="I live in Ohio.")), 1)
+    one = pr.JudgeCandidate(seed=5, sampling=SamplingConfig()).request(item)
+    assert one.metadata == {"stage": "profiles.nli", "id": "c|m1+m2"} and one.json_schema is not None
+    assert listed(one.messages[0].content) == (["I have a dog.", "I hate dogs.", "I live in Ohio."], "I hate dogs.")
+    assert one.json_schema["properties"]["contradicts"]["items"]["enum"] == [1, 2, 3]
+    assert pr.parse_numbers('{"contradicts": [3, 1, 1]}', 3) == [0, 2]
+    assert pr.parse_numbers('{"contradicts": []}', 3) == []
+    assert pr.parse_numbers('{"contradicts": [4]}', 3) is None
+    assert pr.parse_numbers('{"contradicts": "1"}', 3) is None and pr.parse_numbers("none", 3) is None
 
 
-def test_profiles_reject_redundant_and_inconsistent(embedder: Embedder, tmp_path: Path) -> None:
+@pytest.mark.parametrize("judge", ["llm", "llm-pairwise"])
+def test_profiles_reject_redundant_and_inconsistent(embedder: Embedder, tmp_path: Path, judge: str) -> None:
     fake = FakeBackend(_responder)
-    cfg = ProfilesConfig(profiles=30, size=4)
+    cfg = ProfilesConfig(profiles=30, size=4, nli=judge)  # type: ignore[arg-type]
     # Through the executor's client, as in a run: a request already in flight or answered is not sent again.
     llm = LLM(fake, ResponseCache(tmp_path / "cache.sqlite"), progress=False)
     res = asyncio.run(pr.build_profiles(_attrs(), embedder, llm, cfg, SamplingConfig(), seed=0))
@@ -89,6 +117,12 @@ def test_profiles_reject_redundant_and_inconsistent(embedder: Embedder, tmp_path
     # every negation requested once per attribute, no matter how many profiles used it
     neg_ids = [r.metadata["id"] for r in fake.requests if r.metadata["stage"] == "profiles.negation"]
     assert len(neg_ids) == len(set(neg_ids))
+    judged = [r for r in fake.requests if r.metadata["stage"] == "profiles.nli"]
+    if judge == "llm":
+        # one call per candidate with a related attribute in the profile, no negations
+        assert neg_ids == [] and 0 < len(judged) <= 30 * (4 - 1 + res.rejections["inconsistent"])
+    else:
+        assert len(neg_ids) > 0 and len(judged) > 4 * len(res.profiles)
     # deterministic despite concurrent building
     again = asyncio.run(
         pr.build_profiles(_attrs(), embedder, BackendClient(FakeBackend(_responder)), cfg, SamplingConfig(), seed=0)
@@ -110,10 +144,38 @@ def test_unparseable_nli_rejects_and_none_judge_skips(embedder: Embedder) -> Non
 def test_always_yes_judge_abstains(embedder: Embedder) -> None:
     # A judge that says "yes" to a statement and to its negation gives no evidence either way.
     fake = FakeBackend(lambda r: "I deny it." if r.metadata["stage"] == "profiles.negation" else '{"answer": "yes"}')
-    cfg = ProfilesConfig(profiles=3, size=3)
+    cfg = ProfilesConfig(profiles=3, size=3, nli="llm-pairwise")
     res = asyncio.run(pr.build_profiles(_attrs(), embedder, BackendClient(fake), cfg, SamplingConfig(), seed=0))
     assert len(res.profiles) == 3
     assert res.rejections["nli_abstained"] > 0 and "inconsistent" not in res.rejections
+
+
+def test_listwise_judge_flagging_the_candidate_itself_abstains(embedder: Embedder) -> None:
+    # Flagging every statement includes the candidate's own text, which cannot contradict it: no evidence.
+    def flag_all(request: ChatRequest) -> str:
+        statements, _ = listed(request.messages[0].content)
+        return json.dumps({"contradicts": list(range(1, len(statements) + 1))})
+
+    fake = FakeBackend(flag_all)
+    res = asyncio.run(pr.build_profiles(_attrs(), embedder, BackendClient(fake), ProfilesConfig(profiles=3, size=3),
+                                        SamplingConfig(), seed=0))
+    assert len(res.profiles) == 3 and "inconsistent" not in res.rejections
+    assert res.rejections["nli_abstained"] == len(fake.requests) > 0
+
+
+def test_topic_gate_keeps_every_labelled_contradiction(embedder: Embedder) -> None:
+    """The labelled set's 24 contradicting pairs all reach the judge at the default threshold; a candidate with
+    no related attribute in the profile costs no call."""
+    rows = [json.loads(line) for line in
+            (Path(pr.__file__).parents[1] / "calibrate/data/nli_pairs.jsonl").read_text().splitlines()]
+    bad = [r for r in rows if r["label"] == "contradiction"]
+    assert len(bad) >= 24
+    a, b = embedder.encode([r["premise"] for r in bad]), embedder.encode([r["hypothesis"] for r in bad])
+    assert ((a * b).sum(axis=1) >= ProfilesConfig().topic_threshold).all()
+    unrelated = FakeBackend(_responder)
+    cfg = ProfilesConfig(profiles=3, size=3, topic_threshold=1.0)
+    res = asyncio.run(pr.build_profiles(_attrs(), embedder, BackendClient(unrelated), cfg, SamplingConfig(), 0))
+    assert len(res.profiles) == 3 and unrelated.requests == []
 
 
 def test_too_few_attributes_is_a_config_error(embedder: Embedder) -> None:

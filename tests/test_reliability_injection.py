@@ -25,7 +25,7 @@ from personaloom.records import Attribute, Conversation, Pair, Turn
 from personaloom.stages import generator
 from personaloom.stages.critic import experts
 from personaloom.stages.persona_bootstrap import answer_request
-from personaloom.stages.profiles import AskEntailment, Entailment, Negate
+from personaloom.stages.profiles import AskEntailment, Candidate, Entailment, JudgeCandidate, Negate
 from personaloom.stages.query_induction import bootstrap_request, question_request
 from personaloom.stages.round import generate_and_critique
 
@@ -99,6 +99,8 @@ def _builders(personas: list[str], turns: list[Turn], shot_turns: list[Turn] = T
         answer_request(personas, personas[0], 0, 1, SAMPLING),
         Negate(1, SAMPLING).request(Attribute(id="a0", text=personas[1], source="seed")),
         AskEntailment(1, SAMPLING).request(Entailment(("a0", "a1", "not"), personas[0], personas[1])),
+        JudgeCandidate(1, SAMPLING).request(Candidate(Attribute(id="a0", text=personas[0], source="seed"),
+                                                      (Attribute(id="a1", text=personas[1], source="seed"),), 1)),
         experts.build_faithfulness_request(a, SAMPLING, 1),
         experts.build_toxicity_request(a, SAMPLING, 1),
     ]

@@ -4,6 +4,7 @@ exactly N written; the pairs running out is said; the dry run gives the pairs it
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from test_pipeline import SMALL, cli
@@ -17,6 +18,8 @@ def test_target_kept_generates_until_enough_are_kept(tmp_path: Path) -> None:
     out = tmp_path / "run"
     dry = cli("run", "--dry-run", "--backend", "fake", "--out", str(out), "--target-kept", "5", *SMALL)
     assert dry.returncode == 0 and "--target-kept 5: about 10 pairs at a keep rate of 0.50 (assumed)" in dry.stdout
+    assert re.search(r"per kept conversation: about [\d.,]+ calls, [\d,]+ prompt \+ [\d,]+ completion tokens "
+                     r"\(about 5 kept at a keep rate of 0\.50, assumed\)", " ".join(dry.stdout.split()))
     # 10 utterances at least: about two in three scripted candidates are too short, so some pairs keep nothing.
     result = cli("run", "--backend", "fake", "--out", str(out), "--target-kept", "5", "--candidates", "1", *SMALL,
                  "--set", "pair.max_pairs=40", "--set", "profiles.profiles=81", "--set", "pair.threshold=0",

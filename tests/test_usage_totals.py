@@ -38,5 +38,13 @@ def test_totals_add_up_across_invocations(tmp_path: Path) -> None:
     assert abs(total["wall_s"] - sum(float(s["wall_s"]) for s in (one, two, three))) < 0.01  # type: ignore[arg-type]
     expected = total["prompt_tokens"] / 1e6 * 0.5 + total["completion_tokens"] / 1e6 * 2
     assert abs(total["cost"] - expected) < 1e-6 and three["cost"] == 0.0
+    kept = three["conversations"]
+    assert isinstance(kept, int) and kept > 0
+    assert three["per_kept"] == {"calls": round(total["calls"] / kept, 2),
+                                 "prompt_tokens": round(total["prompt_tokens"] / kept, 2),
+                                 "completion_tokens": round(total["completion_tokens"] / kept, 2),
+                                 "cost": round(total["cost"] / kept, 4)}
+    assert "per_kept" not in one  # expand alone keeps no conversation
     report = (out / "report.html").read_text()
     assert "latest invocation" in report and "all 3 invocations of this run directory" in report
+    assert f"per kept conversation ({kept} kept, all invocations)" in report

@@ -39,6 +39,9 @@ class BackendConfig(Record):
     # Extra fields sent in every request body, e.g. {chat_template_kwargs: {enable_thinking: false}} for a
     # Qwen3 under vLLM/SGLang, {reasoning_effort: none} for a thinking model under Ollama.
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # openai: the HTTP transport under the official client. aiohttp (openai[aiohttp]) costs about half the
+    # client CPU per request of httpx at 64+ in flight (bench/README.md, P-2); httpx is the client's default.
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
     n_ctx: int = 4096
     n_threads: int | None = None
     n_batch: int = 512
@@ -96,14 +99,18 @@ class ProfilesConfig(Record):
     size: int = Field(5, ge=1)
     # A candidate whose cosine to an attribute already in the profile exceeds this is redundant.
     redundancy_threshold: float = 0.9
-    # Inconsistency judge: "llm" (yes/no, structured output), "cross-encoder" (an NLI CrossEncoder from
-    # the local path nli_model), or "none".
-    nli: Literal["llm", "cross-encoder", "none"] = "llm"
+    # Inconsistency judge: "llm" (one call per candidate: which profile attributes does it contradict?),
+    # "llm-pairwise" (the paper's: a negation per attribute, then yes/no NLI per attribute pair and
+    # direction, ~7x the calls), "cross-encoder" (an NLI CrossEncoder from the local path nli_model), "none".
+    nli: Literal["llm", "llm-pairwise", "cross-encoder", "none"] = "llm"
     nli_model: str | None = None
+    # Only attributes this close to the candidate (cosine) are judged: attributes on unrelated topics do not
+    # contradict. The lowest contradicting pair in calibrate/data/nli_pairs.jsonl is 0.13 (all-MiniLM-L6-v2).
+    topic_threshold: float = Field(0.1, ge=-1.0, le=1.0)
     # Candidates tried per profile: size * max_tries_factor; a profile still short is dropped.
     max_tries_factor: int = Field(10, ge=1)
     negation_max_tokens: int = Field(32, ge=4)
-    nli_max_tokens: int = Field(16, ge=4)
+    nli_max_tokens: int = Field(32, ge=4)
 
 
 class PairConfig(Record):

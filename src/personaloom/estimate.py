@@ -74,7 +74,9 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
         names.EXPAND_QUESTIONS: clusters * ex.questions_per_cluster + ex.bootstrap_steps,
         names.EXPAND_ANSWERS: ex.new_attributes / BOOTSTRAP_ACCEPT,
     }
-    if pr.nli == "llm":
+    if pr.nli == "llm":  # one call per candidate after the first (fewer: unrelated candidates are not judged)
+        calls[names.PROFILES_NLI] = pr.profiles * NLI_TRIES_PER_SLOT * (pr.size - 1)
+    if pr.nli == "llm-pairwise":
         calls[names.PROFILES_NEGATION] = pr.profiles * pr.size
         calls[names.PROFILES_NLI] = pr.profiles * NLI_TRIES_PER_SLOT * comb(pr.size, 2)
     pairs = pairs_needed(config)
@@ -150,13 +152,19 @@ def estimate(config: RunConfig) -> dict[str, Any]:
         }
     total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "completion_tokens")}
     result: dict[str, Any] = {"stages": rows, "total": total}
+    rate, source = keep_rate(Path(config.out))
     if config.generate.target_kept is not None:
-        rate, source = keep_rate(Path(config.out))
         result["target_kept"] = {"kept": config.generate.target_kept, "keep_rate": round(rate, 4),
                                  "keep_rate_from": source, "pairs": pairs_needed(config)}
     cost = config.prices.cost(total["prompt_tokens"], total["completion_tokens"])
     if cost is not None:
         result["cost"] = round(cost, 4)
+    kept = config.generate.target_kept or pairs_needed(config) * rate
+    if kept > 0:
+        per = {k: round(v / kept, 2) for k, v in total.items()}
+        if cost is not None:
+            per["cost"] = round(cost / kept, 4)
+        result["per_kept"] = {**per, "kept": round(kept), "keep_rate": round(rate, 4), "keep_rate_from": source}
     return result
 
 
@@ -174,6 +182,11 @@ def print_estimate(config: RunConfig) -> dict[str, Any]:
     console.print(table)
     if "cost" in result:
         console.print(f"expected cost: ${result['cost']:,.2f}")
+    if "per_kept" in result:
+        pk = result["per_kept"]
+        console.print(f"per kept conversation: about {pk['calls']:,.1f} calls, {pk['prompt_tokens']:,.0f} prompt + "
+                      f"{pk['completion_tokens']:,.0f} completion tokens (about {pk['kept']:,} kept at a keep rate of "
+                      f"{pk['keep_rate']:.2f}, {pk['keep_rate_from']})")
     if "target_kept" in result:
         tk = result["target_kept"]
         console.print(f"--target-kept {tk['kept']}: about {tk['pairs']:,} pairs at a keep rate of "

@@ -121,6 +121,13 @@ def usage_total(earlier: dict[str, Any], stats: Stats, wall_s: float, prices: Pr
     return total
 
 
+def per_kept(total: dict[str, Any], kept: int) -> dict[str, float]:
+    """What one kept conversation cost over the whole run directory: paid calls, prompt and completion
+    tokens (and cost, when priced) of `total` divided by the `kept` conversations of the dataset."""
+    keys = ("calls", "prompt_tokens", "completion_tokens", "cost")
+    return {k: round(float(total[k]) / kept, 4 if k == "cost" else 2) for k in keys if k in total}
+
+
 def write_stats(out: Path, stats: Stats, wall_s: float, earlier: dict[str, Any] | None = None,
                 prices: PricesConfig | None = None) -> None:
     """stats.json — this invocation's figures, its `cost` at `prices`, and in `total` the usage of every
@@ -133,6 +140,8 @@ def write_stats(out: Path, stats: Stats, wall_s: float, earlier: dict[str, Any] 
     if cost is not None:
         data["cost"] = cost
     data["total"] = usage_total(earlier or {}, stats, wall_s, prices)
+    if stats.conversations:
+        data["per_kept"] = per_kept(data["total"], stats.conversations)
     atomic_write_text(out / "stats.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
     failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=message)
               for stage, item, message in stats.failed_calls]

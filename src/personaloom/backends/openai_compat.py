@@ -314,10 +314,22 @@ class OpenAIBackend(Backend):
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.__key, max_retries=0, timeout=self.cfg.timeout_s
+                base_url=self.base_url, api_key=self.__key, max_retries=0, timeout=self.cfg.timeout_s,
+                http_client=self._transport(),
             )
             self._loop = loop
         return self._client
+
+    def _transport(self) -> Any:
+        """The official client's aiohttp transport (backend.transport), or None for its httpx default (also
+        when aiohttp is not installed: the client raises RuntimeError then)."""
+        make = getattr(openai, "DefaultAioHttpClient", None)  # openai >= 1.84
+        if self.cfg.transport != "aiohttp" or make is None:
+            return None
+        try:
+            return make(timeout=self.cfg.timeout_s)
+        except RuntimeError:
+            return None
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.cfg.retry_max_s, self.cfg.retry_base_s * 2.0 ** (attempt - 1))
@@ -382,13 +394,15 @@ class OpenAIBackend(Backend):
                 "/chat/completions", cast_to=str, body=body, options={"timeout": self.cfg.timeout_s}
             )
             data = json.loads(raw)
-        except openai.APITimeoutError:
-            raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s", overload=True) from None
-        except openai.APIConnectionError as exc:
+        except openai.APIConnectionError as exc:  # and its subclass APITimeoutError
+            # The aiohttp transport reports a refused connection as a connect *timeout*: look at the cause.
+            if _is_refused(exc):
+                raise _Retryable("connection failed (connection refused)", refused=True) from None
+            if isinstance(exc, openai.APITimeoutError):
+                raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s", overload=True) from None
             cause = exc.__cause__
-            refused = _is_refused(exc)
             detail = type(cause).__name__ if cause is not None else "connection error"
-            raise _Retryable(f"connection failed ({detail})", refused=refused) from None
+            raise _Retryable(f"connection failed ({detail})") from None
         except openai.APIStatusError as exc:
             status = exc.status_code
             said, param = server_message(exc)

@@ -81,7 +81,7 @@ async def measure_all(config: RunConfig, route: Router, stats: Stats, convs: lis
                            ("cross_session", probes.cross_session_checks(convs, limit))):
         if features.get(expert, True) and _enabled(config, expert) and checks:
             results[expert] = (await measure.checks(expert, checks, route, ctx, stats)).summary()
-    if config.profiles.nli == "llm":
+    if config.profiles.nli in ("llm", "llm-pairwise"):
         results["nli"] = (await measure.nli(probes.contradictions(limit), route, config, stats)).summary()
     if reference is not None:
         # `data` is human-written (e.g. Persona-Chat), `reference` machine-written for the same user pairs (SPC).

@@ -186,7 +186,7 @@ async def turing(pairs: list[TuringPair], route: Router, seed: int, stats: Stats
 
 
 async def nli(probes: list[Contradiction], route: Router, config: RunConfig, stats: Stats) -> JudgeScore:
-    """The profiles' consistency judge (profiles.nli: negations + NLI): does it find the contradictions?"""
+    """The profiles' consistency judge (profiles.nli: llm or llm-pairwise): does it find the contradictions?"""
     before = _used(stats)
     judge = make_judge(config.profiles, route("expansion"), config.seed, config.sampling)
     answers: list[Any] = []

@@ -5,14 +5,16 @@ run seed. Out: `ProfilesResult` — profiles of exactly cfg.size attributes and 
 
 A candidate attribute is rejected when
   redundant:     its cosine to an attribute already in the profile exceeds cfg.redundancy_threshold;
-  inconsistent:  the NLI judge finds that it entails the negation of an attribute in the profile, or that
-                 the attribute entails the candidate's negation. Negations are written by the LLM, one
-                 request per attribute (seeded by the attribute id, so cacheable and paid once);
-  negation_failed / nli_failed: the LLM gave nothing usable — rejected, since consistency is unproven.
-  (nli_abstained, not a rejection: the "llm" judge also said the un-negated statement follows, i.e.
-  "yes" to everything; such an answer is ignored — see LLMJudge.)
-Judges (cfg.nli): "llm" asks yes/no with a JSON schema on the request (structured output); "cross-encoder"
-runs a sentence-transformers CrossEncoder NLI model from the local path cfg.nli_model; "none" skips (b).
+  inconsistent:  the judge finds that it contradicts an attribute in the profile. Only attributes on a
+                 related topic (cosine >= cfg.topic_threshold) are judged;
+  nli_failed:    the LLM gave nothing usable — rejected, since consistency is unproven.
+  (nli_abstained, not a rejection: the judge flagged a statement that cannot be a contradiction, so its
+  answer carries no information and is ignored — see ListwiseJudge, LLMJudge.)
+Judges (cfg.nli): "llm" (ListwiseJudge) asks once per candidate which of the related profile attributes it
+contradicts (a JSON list of numbers, structured output); "llm-pairwise" (LLMJudge, the paper's) has the LLM
+write each attribute's negation (one request per attribute, seeded by its id, so paid once), then asks yes/no
+entailment per attribute pair and direction; "cross-encoder" scores those negations with a
+sentence-transformers CrossEncoder NLI model from the local path cfg.nli_model; "none" skips (b).
 Profile k draws from rng_for(seed, "profiles", k) alone, so profiles are built concurrently and still
 come out the same on every run. A profile still short after size * max_tries_factor candidates is
 dropped ("incomplete"); a later profile with the same attribute set as an earlier one is dropped
@@ -46,7 +48,7 @@ from personaloom.step import Step
 STAGE = stagenames.PROFILES
 # The resume fingerprint's inputs (personaloom.fingerprint); attributes come in through upstream.
 INPUTS = StageInputs(STAGE, ("seed", "profiles", "embed", "sampling", "big_five"),
-                     ("negation.j2", "nli.j2", "backend_json*.j2"), llm="main")
+                     ("negation.j2", "nli.j2", "consistency.j2", "backend_json*.j2"), llm="main")
 NEGATION_STAGE = stagenames.PROFILES_NEGATION
 NLI_STAGE = stagenames.PROFILES_NLI
 
@@ -155,6 +157,73 @@ class Negations:
         return [self._done[a.id] for a in attributes]
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate attribute and the profile attributes it is judged against; the candidate's own text is
+    listed too, at position `control` (0-based), as the one statement the judge must never flag."""
+
+    attribute: Attribute
+    members: tuple[Attribute, ...]
+    control: int
+
+    @property
+    def statements(self) -> list[str]:
+        texts = [m.text for m in self.members]
+        texts.insert(self.control, self.attribute.text)
+        return texts
+
+
+def consistency_schema(n: int) -> dict[str, Any]:
+    """{"contradicts": [statement numbers, 1..n]} (structured output; empty when nothing is contradicted)."""
+    numbers = {"type": "integer", "enum": list(range(1, n + 1))}
+    return {
+        "type": "object",
+        "properties": {"contradicts": {"type": "array", "items": numbers, "minItems": 0, "maxItems": n}},
+        "required": ["contradicts"],
+        "additionalProperties": False,
+    }
+
+
+class JudgeCandidate(Step[Candidate, list[int]]):
+    """One call per candidate: the numbers of the listed statements it contradicts (0-based positions)."""
+
+    stage = NLI_STAGE
+    role = "expansion"
+
+    def __init__(self, seed: int, sampling: Sampling, max_tokens: int = 32) -> None:
+        self.seed, self.sampling, self.max_tokens = seed, sampling, max_tokens
+
+    def item_id(self, item: Candidate) -> str:
+        return f"{item.attribute.id}|" + "+".join(m.id for m in item.members)
+
+    def request(self, item: Candidate) -> ChatRequest:
+        statements = item.statements
+        prompt = render("consistency.j2", statements=statements, candidate=item.attribute.text)
+        key = self.item_id(item)
+        return ChatRequest(
+            messages=[Message(role="user", content=prompt)],
+            params=self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, NLI_STAGE, key)),
+            json_schema=consistency_schema(len(statements)),
+            metadata={"stage": NLI_STAGE, "id": key},
+        )
+
+    def parse(self, item: Candidate, result: ChatResult) -> list[int] | Failure:
+        found = parse_numbers(result.text, len(item.members) + 1)
+        return found if found is not None else self.failure(item, "unparseable", raw=result.text)
+
+
+def parse_numbers(text: str, n: int) -> list[int] | None:
+    """{"contradicts": [2, 3]} -> [1, 2] (0-based); None when the reply has no such list or a number outside
+    1..n."""
+    data = json_object(text)
+    found = None if data is None else data.get("contradicts")
+    if not isinstance(found, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in found):
+        return None
+    if any(not 1 <= x <= n for x in found):
+        return None
+    return sorted({x - 1 for x in found})
+
+
 class NLIJudge(Protocol):
     async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
         """Per member: True = inconsistent with the candidate, False = consistent, None = undecided."""
@@ -174,8 +243,37 @@ def _combine(forward: bool | None, backward: bool | None) -> bool | None:
     return False
 
 
+class ListwiseJudge:
+    """One call per candidate: which of the profile's attributes does it contradict (JSON list of numbers)?
+
+    The candidate's own text sits among the listed statements at a seeded position: a judge that flags it has
+    given no information (it cannot contradict itself), so the answer is ignored and `abstained` counts it,
+    as LLMJudge does for "yes" to everything. Same rule as the paper (a candidate contradicting an attribute
+    in the profile is rejected), one call instead of 4 per attribute pair plus the negations.
+    """
+
+    def __init__(self, llm: LLMClient, seed: int, sampling: Sampling, max_tokens: int):
+        self.llm, self.seed, self.step = llm, seed, JudgeCandidate(seed, sampling, max_tokens)
+        self.abstained = 0
+
+    async def contradicts(self, candidate: Attribute, members: Sequence[Attribute]) -> list[bool | None]:
+        if not members:
+            return []
+        control = rng.rng_for(self.seed, NLI_STAGE, candidate.id, *(m.id for m in members)).randrange(len(members) + 1)
+        item = Candidate(candidate, tuple(members), control)
+        (out,) = (await run_step(self.step, [item], self.llm)).outputs
+        if isinstance(out, Failure):
+            return [None for _ in members]
+        if control in out:
+            self.abstained += 1
+            return [False for _ in members]
+        flagged = {i if i < control else i - 1 for i in out}
+        return [i in flagged for i in range(len(members))]
+
+
 class LLMJudge:
-    """Asks the LLM whether candidate ⊨ ¬member and whether member ⊨ ¬candidate (structured yes/no).
+    """The paper's method, pairwise: asks the LLM whether candidate ⊨ ¬member and whether member ⊨ ¬candidate
+    (structured yes/no).
 
     Each question has a control with the un-negated statement (candidate ⊨ member, ...). A judge that
     says "yes" to both a statement and its negation has given no information (SmolLM2-135M says "yes" to
@@ -273,6 +371,8 @@ def make_judge(cfg: ProfilesConfig, llm: LLMClient, seed: int, sampling: Samplin
     negations = Negations(llm, seed, sampling, cfg.negation_max_tokens)
     if cfg.nli == "none":
         return NoJudge()
+    if cfg.nli == "llm":
+        return ListwiseJudge(llm, seed, sampling, cfg.nli_max_tokens)
     if cfg.nli == "cross-encoder":
         if not cfg.nli_model:
             raise ConfigError("profiles.nli=cross-encoder needs profiles.nli_model (a local model folder)")
@@ -300,7 +400,9 @@ async def _build_one(
         if chosen and float((emb[chosen] @ emb[cand]).max()) > cfg.redundancy_threshold:
             rejections["redundant"] += 1
             continue
-        verdicts = await judge.contradicts(attributes[cand], [attributes[i] for i in chosen])
+        # Only attributes on a related topic are judged (the rest cannot contradict it).
+        related = [i for i in chosen if float(emb[i] @ emb[cand]) >= cfg.topic_threshold]
+        verdicts = await judge.contradicts(attributes[cand], [attributes[i] for i in related])
         if any(v is True for v in verdicts):
             rejections["inconsistent"] += 1
             continue
@@ -355,6 +457,6 @@ async def build_profiles(
                 attribute_ids=[attributes[i].id for i in chosen],
             )
         )
-    if isinstance(judge, LLMJudge) and judge.abstained:
+    if isinstance(judge, (LLMJudge, ListwiseJudge)) and judge.abstained:
         rejections["nli_abstained"] = judge.abstained  # not a rejection: judged "yes" to both, ignored
     return ProfilesResult(profiles, dict(rejections))
