@@ -91,6 +91,7 @@ def main() -> None:
             r = recall(judge, out, args.base_url, args.model)
             print(f"{judge} on the labelled set ({where}, {r['n']} probes): recall {r['recall']:.2f}, "
                   f"false alarms {r['false_alarm']:.2f}, undecided {r['undecided']}, calls {r['calls']}", flush=True)
+    print(f"calls_per_profile={per_profile['llm']:.2f}")
     print(f"ratio={per_profile['llm'] / per_profile['llm-pairwise']:.3f}")
 
 

@@ -48,6 +48,8 @@ GOALS: dict[str, list[Goal]] = {
                   Goal("P-2 memory: peak RSS growth 1k -> 10k conversations (MB)", "memory_growth_mb", "<=", 100)],
     "vs_distilabel": [Goal("P-3 peer: personaloom / distilabel conversations/s", "ratio", ">=", 2.0)],
     "critic_cost": [Goal("P-4 critic cost: listwise / pairwise tokens per kept conv", "ratio", None)],
+    "consistency": [Goal("Profile consistency calls per profile: listwise / paper's pairwise", "ratio", None),
+                    Goal("Profile consistency calls per profile (listwise)", "calls_per_profile", "<=", 8)],
     "calibrated_vote": [Goal("Calibrated / majority vote: original picked among degraded", "ratio", ">=", 1.0)],
     "persona_scale": [Goal("Persona stages at 100k attributes: total seconds", "seconds", None),
                       Goal("Persona stages at 100k attributes: peak RSS (MB)", "peak_mb", "<=", 4096)],
