@@ -78,10 +78,22 @@ def test_429_waits_for_retry_after() -> None:
         assert server.stats()["total"] == 2 and server.stats()["faults"] == {"http_429": 1}
 
 
+def test_default_transport_is_aiohttp_and_httpx_still_works() -> None:
+    import openai
+
+    with LoopbackServer() as server:
+        assert isinstance(backend_for(server)._transport(), openai.DefaultAioHttpClient)
+        plain = backend_for(server, transport="httpx")
+        assert plain._transport() is None  # the client's own httpx default
+        assert one(plain, req("over httpx")).text == "over httpx"
+
+
+# Both transports: the same faults must read the same (aiohttp's errors are mapped onto httpx's by the client).
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 @pytest.mark.parametrize("fault", ["http_500", "truncated", "hang"])
-def test_transient_fault_is_retried(fault: str) -> None:
+def test_transient_fault_is_retried(fault: str, transport: str) -> None:
     with LoopbackServer(faults=Faults(first=(fault, fault))) as server:
-        result = one(backend_for(server, timeout_s=0.5), req(f"survive {fault}"))
+        result = one(backend_for(server, timeout_s=0.5, transport=transport), req(f"survive {fault}"))
         assert result.ok, result.error
         assert result.retries == 2 and result.text == f"survive {fault}"
         assert server.stats()["faults"] == {fault: 2}
@@ -96,10 +108,11 @@ def test_persistent_500_becomes_an_error_result() -> None:
         assert server.stats()["total"] == 6
 
 
-def test_unreachable_server_raises_backend_error() -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_unreachable_server_raises_backend_error(transport: str) -> None:
     url = unreachable_url()
     backend = create_backend(BackendConfig(kind="openai", model="m", base_url=url, max_retries=2,
-                                           retry_base_s=0.01, api_key_env="PL_TEST_KEY"))
+                                           retry_base_s=0.01, api_key_env="PL_TEST_KEY", transport=transport))
     with pytest.raises(BackendError) as info:
         backend.generate([req("anyone?"), req("hello?")])
     message = str(info.value)
