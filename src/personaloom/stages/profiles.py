@@ -28,12 +28,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from personaloom import rng, stagenames
-from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling
+from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling, SamplingParams
 from personaloom.config import ProfilesConfig
 from personaloom.embed import Embedder
 from personaloom.errors import ConfigError
@@ -67,14 +67,26 @@ class ProfilesResult:
     rejections: dict[str, int] = field(default_factory=dict)
 
 
-class Negate(Step[Attribute, str]):
-    """An attribute's negation, written by the LLM (seeded by the attribute id: paid once per run)."""
+ItemT = TypeVar("ItemT")
+OutT = TypeVar("OutT")
 
-    stage = NEGATION_STAGE
+
+class _Seeded(Step[ItemT, OutT]):
+    """A profiles step whose calls are seeded by the item's key (the same question is paid once per run)."""
+
     role = "expansion"
 
     def __init__(self, seed: int, sampling: Sampling, max_tokens: int = 32) -> None:
         self.seed, self.sampling, self.max_tokens = seed, sampling, max_tokens
+
+    def params(self, key: str) -> SamplingParams:
+        return self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, self.stage, key))
+
+
+class Negate(_Seeded[Attribute, str]):
+    """An attribute's negation, written by the LLM (seeded by the attribute id: paid once per run)."""
+
+    stage = NEGATION_STAGE
 
     def item_id(self, item: Attribute) -> str:
         return item.id
@@ -82,7 +94,7 @@ class Negate(Step[Attribute, str]):
     def request(self, item: Attribute) -> ChatRequest:
         return ChatRequest(
             messages=[Message(role="user", content=render("negation.j2", statement=item.text))],
-            params=self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, NEGATION_STAGE, item.id)),
+            params=self.params(item.id),
             metadata={"stage": NEGATION_STAGE, "id": item.id},
         )
 
@@ -104,14 +116,10 @@ class Entailment:
     hypothesis: str
 
 
-class AskEntailment(Step[Entailment, bool]):
+class AskEntailment(_Seeded[Entailment, bool]):
     """The NLI judge's yes/no (structured output), seeded by the question's key."""
 
     stage = NLI_STAGE
-    role = "expansion"
-
-    def __init__(self, seed: int, sampling: Sampling, max_tokens: int = 16) -> None:
-        self.seed, self.sampling, self.max_tokens = seed, sampling, max_tokens
 
     def item_id(self, item: Entailment) -> str:
         return f"{item.key[0]}|{item.key[2]}:{item.key[1]}"
@@ -120,7 +128,7 @@ class AskEntailment(Step[Entailment, bool]):
         prompt = render("nli.j2", premise=item.premise, hypothesis=item.hypothesis)
         return ChatRequest(
             messages=[Message(role="user", content=prompt)],
-            params=self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, NLI_STAGE, self.item_id(item))),
+            params=self.params(self.item_id(item)),
             json_schema=NLI_SCHEMA,
             metadata={"stage": NLI_STAGE, "id": self.item_id(item)},
         )
@@ -184,14 +192,10 @@ def consistency_schema(n: int) -> dict[str, Any]:
     }
 
 
-class JudgeCandidate(Step[Candidate, list[int]]):
+class JudgeCandidate(_Seeded[Candidate, list[int]]):
     """One call per candidate: the numbers of the listed statements it contradicts (0-based positions)."""
 
     stage = NLI_STAGE
-    role = "expansion"
-
-    def __init__(self, seed: int, sampling: Sampling, max_tokens: int = 32) -> None:
-        self.seed, self.sampling, self.max_tokens = seed, sampling, max_tokens
 
     def item_id(self, item: Candidate) -> str:
         return f"{item.attribute.id}|" + "+".join(m.id for m in item.members)
@@ -202,7 +206,7 @@ class JudgeCandidate(Step[Candidate, list[int]]):
         key = self.item_id(item)
         return ChatRequest(
             messages=[Message(role="user", content=prompt)],
-            params=self.sampling.params(self.max_tokens, rng.derive_seed(self.seed, NLI_STAGE, key)),
+            params=self.params(key),
             json_schema=consistency_schema(len(statements)),
             metadata={"stage": NLI_STAGE, "id": key},
         )
