@@ -39,5 +39,6 @@ def create_backend(cfg: BackendConfig) -> Backend:
     if cfg.kind == "fake":
         from personaloom.backends.fake import FakeBackend, demo_responder
 
-        return FakeBackend(demo_responder, model=cfg.model or "fake-model", max_concurrency=cfg.concurrency)
+        return FakeBackend(demo_responder, model=cfg.model or "fake-model", max_concurrency=cfg.concurrency,
+                           record=False)
     raise ConfigError(f"setting backend.kind: unknown backend {cfg.kind!r} (embedded, openai or fake)")

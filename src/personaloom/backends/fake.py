@@ -31,12 +31,15 @@ class FakeBackend(Backend):
         max_concurrency: int = 16,
         delay_s: float = 0.0,
         n_ctx: int | None = None,
+        record: bool = True,
     ) -> None:
         self._model = model
         self.max_concurrency = max_concurrency
         self.delay_s = delay_s
         # A context window in words: longer prompts give an error result, as a real model would.
         self.n_ctx = n_ctx
+        # Every request received, for tests; off for `--backend fake` runs (it would hold a whole run's prompts).
+        self.record = record
         self.requests: list[ChatRequest] = []
         self._replies = replies
         self._next = 0
@@ -63,7 +66,8 @@ class FakeBackend(Backend):
             start = time.perf_counter()
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            self.requests.append(request)
+            if self.record:
+                self.requests.append(request)
             prompt_tokens = sum(len(m.content.split()) for m in request.messages)
             if self.n_ctx is not None and prompt_tokens > self.n_ctx:
                 results.append(ChatResult(error=f"prompt of {prompt_tokens} tokens exceeds n_ctx {self.n_ctx}"))

@@ -9,14 +9,19 @@ failures.jsonl, selected.jsonl and summary.json ({pairs, candidates, kept, failu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
+
+from pydantic import BaseModel
 
 from personaloom.chat import Router
 from personaloom.config import RunConfig
-from personaloom.fsutil import atomic_write_text
-from personaloom.io import write_jsonl
+from personaloom.fsutil import atomic_open, atomic_write_text
 from personaloom.records import Conversation, Failure, Pair, TokenCount, Verdict
 from personaloom.stages.round import PairOutcome
 from personaloom.stages.sessions import converse
@@ -40,52 +45,126 @@ async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], rou
                         stats: Stats, folder: Path) -> tuple[list[Conversation], dict[str, Any]]:
     """(the kept conversations, the summary written to summary.json). When the user stops the run, the
     pairs that were finished are written (summary "partial": true) and RunStopped is raised, carrying
-    their kept conversations in `kept`."""
-    # Every pair's work ends (finished, or stopped after its calls in flight came back) before this returns.
-    done = await asyncio.gather(*(converse(p, pool, route, config, k) for p in pairs), return_exceptions=True)
-    errors = [e for e in done if isinstance(e, BaseException)]
-    if any(not isinstance(e, RunStopped) for e in errors):
-        raise next(e for e in errors if not isinstance(e, RunStopped))
-    finished = [(p, o) for p, o in zip(pairs, done, strict=True) if not isinstance(o, BaseException)]
-    selected, summary = _write(k, finished, stats, folder, partial=bool(errors))
-    if errors:
-        stopped = errors[0]
-        assert isinstance(stopped, RunStopped)
-        stopped.kept = selected
+    their kept conversations in `kept`.
+
+    Pairs stream through a window of `pair_window(config)` (enough to keep every endpoint's slots busy):
+    each finished pair's candidates, verdicts and failures go to disk in pair order as soon as the pairs
+    before it are written, so memory holds the window, not the round (only the kept conversations stay).
+    """
+    with _RoundWriter(folder, k) as writer:
+        stopped = await _stream(pairs, lambda p: converse(p, pool, route, config, k), pair_window(config),
+                                writer.add)
+    summary = writer.finish(stats, partial=stopped is not None)
+    if stopped is not None:
+        stopped.kept = writer.selected
         raise stopped
-    return selected, summary
+    return writer.selected, summary
 
 
-def _write(k: int, finished: list[tuple[Pair, PairOutcome]], stats: Stats, folder: Path,
-           partial: bool) -> tuple[list[Conversation], dict[str, Any]]:
-    candidates: list[Conversation] = []
-    verdicts: list[Verdict] = []
-    failures: list[Failure] = []
-    selected: list[Conversation] = []
-    tokens: dict[str, TokenCount] = {}
-    for pair, outcome in finished:
-        candidates.extend(outcome.candidates)
-        verdicts.extend(outcome.verdicts)
-        failures.extend(outcome.failures)
-        add_tokens(tokens, outcome.tokens)
-        if outcome.selected is not None:
-            selected.append(outcome.selected)
+def pair_window(config: RunConfig) -> int:
+    """Pairs in flight at once: 4 per slot of the widest endpoint (a pair has 1-3 calls out at a time)."""
+    widest = max([config.backend.concurrency] + [e.backend.concurrency for e in config.critic.experts.values()
+                                                 if e.backend is not None])
+    return max(64, 4 * widest)
+
+
+async def _stream(pairs: list[Pair], work: Callable[[Pair], Awaitable[PairOutcome]], window: int,
+                  emit: Callable[[Pair, PairOutcome], None]) -> RunStopped | None:
+    """Run `work` over the pairs, at most `window` indices ahead of the first unwritten one, and `emit` the
+    outcomes in pair order. Every started pair ends before this returns; then the first error is raised, or
+    the RunStopped returned (a stopped run starts no new pair)."""
+    tasks: dict[asyncio.Task[PairOutcome], int] = {}
+    done: dict[int, PairOutcome | BaseException] = {}
+    written = started = 0
+    stopped: RunStopped | None = None
+    error: BaseException | None = None
+    try:
+        while True:
+            while stopped is None and error is None and started < len(pairs) and started < written + window:
+                tasks[asyncio.ensure_future(work(pairs[started]))] = started
+                started += 1
+            if not tasks:
+                break
+            finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                i = tasks.pop(task)
+                exc = task.exception()
+                done[i] = exc if exc is not None else task.result()
+                if isinstance(exc, RunStopped):
+                    stopped = stopped or exc
+                elif exc is not None:
+                    error = error or exc
+            while written in done:
+                outcome = done.pop(written)
+                if not isinstance(outcome, BaseException):
+                    emit(pairs[written], outcome)
+                written += 1
+    finally:
+        for task in tasks:  # only when this coroutine itself was cancelled
+            task.cancel()
+    if error is not None:
+        raise error
+    return stopped
+
+
+class _RoundWriter:
+    """The round's files, written as pairs finish (each renamed into place only when the round ends well):
+    candidates.jsonl, verdicts.jsonl, failures.jsonl, selected.jsonl; then summary.json by `finish`."""
+
+    FILES = ("candidates", "verdicts", "failures", "selected")
+
+    def __init__(self, folder: Path, k: int) -> None:
+        self.folder, self.k = folder, k
+        self._files = contextlib.ExitStack()
+        self._out: dict[str, IO[str]] = {}
+        self.selected: list[Conversation] = []
+        self.pairs = self.candidates = 0
+        self.failures: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.tokens: dict[str, TokenCount] = {}
+
+    def __enter__(self) -> _RoundWriter:
+        for name in self.FILES:
+            self._out[name] = self._files.enter_context(atomic_open(self.folder / f"{name}.jsonl"))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._files.__exit__(kind, exc, tb)
+
+    def _write(self, name: str, records: Iterable[BaseModel]) -> None:
+        out = self._out[name]
+        for record in records:
+            out.write(record.model_dump_json() + "\n")
+
+    def add(self, pair: Pair, outcome: PairOutcome) -> None:
+        failures = list(outcome.failures)
+        if outcome.selected is None:
+            failures.append(Failure(stage="critic", item_id=pair.id, reason="no_candidate_survived",
+                                    iteration=self.k))
         else:
-            failures.append(Failure(stage="critic", item_id=pair.id, reason="no_candidate_survived", iteration=k))
-    write_jsonl(folder / "candidates.jsonl", candidates)
-    write_jsonl(folder / "verdicts.jsonl", verdicts)
-    write_jsonl(folder / "failures.jsonl", failures)
-    write_jsonl(folder / "selected.jsonl", selected)
-    summary: dict[str, Any] = {
-        "pairs": len(finished), "candidates": len(candidates), "kept": len(selected), "failures": len(failures),
-        "rejected": rejections(verdicts), "tokens": {r: t.model_dump() for r, t in sorted(tokens.items())},
-    }
-    if partial:
-        summary["partial"] = True
-    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    for f in failures:
-        stats.failure(f.reason)
-    return selected, summary
+            self.selected.append(outcome.selected)
+            self._write("selected", [outcome.selected])
+        self._write("candidates", outcome.candidates)
+        self._write("verdicts", outcome.verdicts)
+        self._write("failures", failures)
+        self.pairs += 1
+        self.candidates += len(outcome.candidates)
+        self.failures.update(f.reason for f in failures)
+        self.rejected.update(rejections(outcome.verdicts))
+        add_tokens(self.tokens, outcome.tokens)
+
+    def finish(self, stats: Stats, partial: bool) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "pairs": self.pairs, "candidates": self.candidates, "kept": len(self.selected),
+            "failures": sum(self.failures.values()), "rejected": dict(self.rejected),
+            "tokens": {r: t.model_dump() for r, t in sorted(self.tokens.items())},
+        }
+        if partial:
+            summary["partial"] = True
+        atomic_write_text(self.folder / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        for reason, n in self.failures.items():
+            stats.failure(reason, n)
+        return summary
 
 
 def split_rounds(items: list[Pair], k: int) -> list[list[Pair]]:

@@ -1,0 +1,70 @@
+"""A round streams its pairs: a bounded window in flight, outcomes written in pair order as soon as the pairs
+before them are, every started pair finished before an error or a stop is passed on."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from personaloom.records import Pair
+from personaloom.stages.iteration import _stream
+from personaloom.stages.round import PairOutcome
+from personaloom.stop import RunStopped
+
+
+def _pairs(n: int) -> list[Pair]:
+    return [Pair(id=f"p{i:03d}", user1_persona=["x"], user2_persona=["y"])
+            for i in range(n)]
+
+
+class Work:
+    """Finishes pairs in a shuffled order (each waits for its turn), records how many run at once."""
+
+    def __init__(self, n: int, fail: dict[int, BaseException] | None = None) -> None:
+        order = list(range(n))
+        random.Random(3).shuffle(order)
+        self.rank = {i: r for r, i in enumerate(order)}
+        self.fail = fail or {}
+        self.running = self.most = 0
+        self.started: list[int] = []
+        self.finished: list[int] = []
+
+    async def __call__(self, pair: Pair) -> PairOutcome:
+        i = int(pair.id[1:])
+        self.started.append(i)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        for _ in range(self.rank[i] % 7):
+            await asyncio.sleep(0)
+        self.running -= 1
+        self.finished.append(i)
+        if i in self.fail:
+            raise self.fail[i]
+        return PairOutcome(pair_id=pair.id, iteration=1)
+
+
+def test_window_bounds_the_pairs_in_flight_and_output_keeps_pair_order() -> None:
+    pairs, work, emitted = _pairs(100), Work(100), []
+    stopped = asyncio.run(_stream(pairs, work, 8, lambda p, o: emitted.append(p.id)))
+    assert stopped is None
+    assert emitted == [p.id for p in pairs]
+    assert work.most <= 8 and sorted(work.finished) == list(range(100))
+    assert work.finished != sorted(work.finished)  # they did finish out of order
+
+
+def test_an_error_lets_started_pairs_finish_then_is_raised() -> None:
+    pairs, work, emitted = _pairs(50), Work(50, {10: ValueError("boom")}), []
+    with pytest.raises(ValueError, match="boom"):
+        asyncio.run(_stream(pairs, work, 8, lambda p, o: emitted.append(p.id)))
+    assert sorted(work.finished) == sorted(work.started) and len(work.started) < 50
+    assert "p010" not in emitted and emitted[:10] == [p.id for p in pairs[:10]]
+
+
+def test_a_stop_starts_no_new_pair_and_keeps_the_finished_ones() -> None:
+    pairs, work, emitted = _pairs(50), Work(50, {12: RunStopped("stopped")}), []
+    stopped = asyncio.run(_stream(pairs, work, 8, lambda p, o: emitted.append(p.id)))
+    assert isinstance(stopped, RunStopped)
+    assert sorted(work.finished) == sorted(work.started) and len(work.started) < 50
+    assert "p012" not in emitted and len(emitted) == len(work.started) - 1
