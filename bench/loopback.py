@@ -14,7 +14,10 @@ parallel, as on a batching server: the latency follows the longest choice, usage
 
 tests/servers.py has a richer loopback server (faults, schemas, echo replies); this one adds what
 the peer benchmark needs: per-request completion lengths, parallel n, server-side slots and a
-timeline of the busy window. It is stdlib-only so that another venv's process can start it too.
+timeline of the busy window. It is stdlib-only so that another venv's process can start it too, except
+`--replies demo` (bench/e2e_scale.py): the replies `--backend fake` gives, so a whole `personaloom run`
+parses them, with the latency following each reply's length; GET /_stats adds the summed service seconds
+(`busy_s`) and the longest single request (`max_latency_s`).
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ class Server:
         self.last_answer: float | None = None
         self.completion_words = 0
         self.busy_s = 0.0
+        self.max_latency_s = 0.0
 
     def stats(self) -> dict[str, Any]:
         window = (self.last_answer - self.first_arrival) if self.first_arrival and self.last_answer else 0.0
         return {"total": self.total, "max_in_flight": self.max_in_flight, "window_s": window,
                 "first_arrival": self.first_arrival, "last_answer": self.last_answer,
-                "completion_words": self.completion_words, "busy_s": self.busy_s}
+                "completion_words": self.completion_words, "busy_s": self.busy_s,
+                "max_latency_s": self.max_latency_s}
 
     def _reply(self, body: dict[str, Any]) -> tuple[list[str], float]:
         a = self.args
@@ -66,9 +71,12 @@ class Server:
         key = json.dumps([body.get("messages"), max_tokens, n], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
         rng = random.Random(f"{a.seed}:{digest}")
+        demo = _demo_reply(body) if a.replies == "demo" else None
         lengths = []
         for _ in range(n):
-            if a.reply_words is not None:
+            if demo is not None:
+                lengths.append(len(demo.split()))
+            elif a.reply_words is not None:
                 lengths.append(a.reply_words)
             else:
                 lengths.append(max(1, round(max_tokens * rng.uniform(a.lo, a.hi))))
@@ -77,7 +85,7 @@ class Server:
             delay *= math.exp(rng.gauss(0.0, a.sigma))
         # A tag per request and choice keeps replies distinct (a judge prompt that quotes one is unique too).
         texts = [" ".join([f"r{digest[:10]}.{i}", *(["word"] * (k - 1))]) for i, k in enumerate(lengths)]
-        return texts, delay
+        return (texts if demo is None else [demo] * n), delay
 
     async def _answer(self, body: dict[str, Any]) -> bytes:
         texts, delay = self._reply(body)
@@ -87,6 +95,7 @@ class Server:
         else:
             await asyncio.sleep(delay)
         self.busy_s += delay
+        self.max_latency_s = max(self.max_latency_s, delay)
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         completion = sum(len(t.split()) for t in texts)
         self.completion_words += completion
@@ -147,6 +156,12 @@ class Server:
                 writer.close()
 
 
+def _demo_reply(body: dict[str, Any]) -> str:
+    from personaloom.backends.fake import demo_http_reply  # only in --replies demo: the rest is stdlib-only
+
+    return demo_http_reply(body)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     server = Server(args)
     stop = asyncio.Event()
@@ -170,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hi", type=float, default=1.0, help="completion length: highest fraction of max_tokens")
     p.add_argument("--reply-words", type=int, default=None, help="fixed completion length (overrides lo/hi)")
     p.add_argument("--slots", type=int, default=0, help="requests served at once (0 = unlimited)")
+    p.add_argument("--replies", choices=["words", "demo"], default="words",
+                   help="demo: what personaloom's --backend fake answers (a whole `personaloom run` works against "
+                        "it; needs personaloom importable), latency by its length")
     p.add_argument("--seed", type=int, default=0)
     return p
 

@@ -19,18 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from personaloom.backends.base import ChatRequest, Message, SamplingParams
-from personaloom.backends.fake import demo_responder
+from personaloom.backends.fake import demo_http_reply, infer_stage
 from servers import BAD_CONTENT, LoopbackConfig, LoopbackServer, Reply, requested_schema
-
-# Opening words of each stage's prompt (prompts/*.j2) -> the stage name demo_responder expects.
-_STAGE_BY_OPENING = (
-    ("One person said these things", "expand.queries"),
-    ("Questions to ask a person", "expand.queries"),
-    ("You are a person who says", "expand.bootstrap"),
-    ("Here is a description of a person", "expand.describe"),
-    ("Write the opposite of this statement", "profiles.negation"),
-)
 
 # Small sizes: the whole run makes a few hundred calls.
 SMALL_RUN = (
@@ -40,25 +30,9 @@ SMALL_RUN = (
 )
 
 
-def infer_stage(body: dict[str, Any]) -> str:
-    users = [str(m.get("content", "")) for m in body.get("messages", []) if m.get("role") == "user"]
-    last = users[-1].lstrip() if users else ""
-    for opening, stage in _STAGE_BY_OPENING:
-        if last.startswith(opening):
-            return stage
-    return "generate"
-
-
 def demo_reply(body: dict[str, Any], index: int) -> str:
     """The reply `--backend fake` would give to the ChatRequest this body was built from."""
-    seed = body.get("seed")
-    request = ChatRequest(
-        messages=[Message(role=m["role"], content=str(m.get("content", ""))) for m in body.get("messages", [])],
-        params=SamplingParams(seed=int(seed) if seed is not None else None),
-        json_schema=requested_schema(body),
-        metadata={"stage": infer_stage(body)},
-    )
-    return str(demo_responder(request))
+    return demo_http_reply(body)
 
 
 def garble_first_pair(reply: Reply = demo_reply) -> Reply:

@@ -12,10 +12,11 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from personaloom import stagenames as names
 from personaloom.backends.base import Backend
-from personaloom.chat import ChatRequest, ChatResult, Usage
+from personaloom.chat import ChatRequest, ChatResult, Message, SamplingParams, Usage
 
 Responder = Callable[[ChatRequest], str]
 
@@ -238,3 +239,46 @@ def demo_responder(request: ChatRequest) -> str:
     for i in (0, 1):
         lines[i] = f"{lines[i]} {_marks(pair_message, 1 + i)}".rstrip()
     return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))
+
+
+# Opening words of each stage's prompt (prompts/*.j2) -> the stage demo_responder tells apart: a request that
+# came over HTTP carries no stage.
+_STAGE_BY_OPENING = (
+    ("One person said these things", names.EXPAND_QUESTIONS),
+    ("Questions to ask a person", names.EXPAND_QUESTIONS),
+    ("You are a person who says", names.EXPAND_ANSWERS),
+    ("Here is a description of a person", names.EXPAND_DESCRIBE),
+    ("Write the opposite of this statement", names.PROFILES_NEGATION),
+)
+
+
+def infer_stage(body: dict[str, Any]) -> str:
+    """The stage of a chat-completion body, from its last user message's opening words ("generate" else)."""
+    users = [str(m.get("content", "")) for m in body.get("messages", []) if m.get("role") == "user"]
+    last = users[-1].lstrip() if users else ""
+    return next((stage for opening, stage in _STAGE_BY_OPENING if last.startswith(opening)), names.GENERATE)
+
+
+def body_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a chat-completion body asks for (response_format json_schema / json_object), or None."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else {}
+    if fmt.get("type") == "json_object":
+        schema = fmt.get("schema")
+        return schema if isinstance(schema, dict) else {}
+    return None
+
+
+def demo_http_reply(body: dict[str, Any]) -> str:
+    """What `--backend fake` answers to the ChatRequest a chat-completion body was built from (loopback
+    servers playing the demo model over HTTP: tests, bench/e2e_scale.py)."""
+    seed = body.get("seed")
+    request = ChatRequest(
+        messages=[Message(role=m["role"], content=str(m.get("content", ""))) for m in body.get("messages", [])],
+        params=SamplingParams(seed=int(seed) if seed is not None else None),
+        json_schema=body_schema(body),
+        metadata={"stage": infer_stage(body)},
+    )
+    return demo_responder(request)
