@@ -15,9 +15,9 @@ candidates, `--pairs N`, profiles 2N), `backend.concurrency` = slots, against th
   the window exceeds that ideal most (see the per-stage lines).
 - peak_mb: the largest peak RSS of the four processes.
 - calls_per_kept: stats.json per_kept.calls (all invocations / kept conversations).
-- cpu_ms_per_call: personaloom's own CPU per LLM call (everything but the HTTP transport): the same four
-  commands with the in-process `--backend fake`, user + system CPU / calls. The CPU per call over HTTP
-  (client transport included) is printed too.
+- cpu_ms_per_call: personaloom's own CPU per LLM call (everything but the HTTP transport): the same work as
+  one `personaloom run --backend fake` (in-process scripted model; start-up, embeddings, dataset and report
+  included), user + system CPU / calls. The CPU per call over HTTP (client transport included) is printed too.
 
     .venv/bin/python bench/e2e_scale.py --pairs 2000 [--slots 256] [--per-token 0.02] [--keep DIR]
 """
@@ -81,13 +81,9 @@ def main() -> None:
           f"{args.slots} slots, latency {args.latency:g} s + {args.per_token:g} s/word x lognormal({args.sigma:g}); "
           f"concurrency {args.slots}; load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)", flush=True)
 
-    # 1. Own CPU: in-process scripted backend, no HTTP.
-    fake_cpu = 0.0
-    peak_fake = 0.0
-    for stage, extra in stages(args.pairs):
-        _, cpu, peak = run(stage, extra, root / "fake", ["--backend", "fake"])
-        fake_cpu += cpu
-        peak_fake = max(peak_fake, peak)
+    # 1. Own CPU: one `personaloom run` on the in-process scripted backend, no HTTP.
+    _, fake_cpu, peak_fake = run("run", ["--pairs", str(args.pairs), "--candidates", "3", "--iterations", "1"],
+                                 root / "fake", ["--backend", "fake"])
     fake_calls, _ = calls_of(root / "fake")
     cpu_ms = 1000 * fake_cpu / fake_calls
     print(f"in-process fake backend: {fake_calls:,} calls, CPU {fake_cpu:.1f} s = {cpu_ms:.3f} ms per call, "
