@@ -8,13 +8,15 @@ instructions, fake "User 1:" lines or JSON inside a persona cannot change the pr
 from __future__ import annotations
 
 import json
-from functools import cache
+from collections.abc import Hashable
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
 import jinja2
 
 
+@lru_cache(maxsize=1 << 16)  # every candidate's utterances are quoted once per expert that reads them
 def quoted(text: str) -> str:
     """One JSON string literal on one line: newlines, quotes and braces are escaped."""
     return json.dumps(" ".join(str(text).split()), ensure_ascii=False)
@@ -46,3 +48,14 @@ def _env() -> jinja2.Environment:
 def render(name: str, **variables: Any) -> str:
     """Render prompts/<name> (e.g. "generator.j2") with the given variables."""
     return _env().get_template(name).render(**variables).strip()
+
+
+def render_fixed(name: str, **settings: Hashable) -> str:
+    """`render` for a prompt that depends only on a few hashable settings (an expert's system prompt), rendered
+    once per distinct settings instead of once per request."""
+    return _render_fixed(name, tuple(sorted(settings.items())))
+
+
+@lru_cache(maxsize=256)
+def _render_fixed(name: str, settings: tuple[tuple[str, Hashable], ...]) -> str:
+    return render(name, **dict(settings))

@@ -25,7 +25,7 @@ from typing import Any
 
 from personaloom import rng
 from personaloom.chat import ChatRequest, ChatResult, Message, Sampling, SamplingParams
-from personaloom.prompts import render
+from personaloom.prompts import render, render_fixed
 from personaloom.records import TRAITS, Conversation, Expert, Session, Verdict
 from personaloom.replies import json_object
 from personaloom.stages.critic.registry import CriticExpert, ExpertContext, abstain, register
@@ -143,7 +143,7 @@ def build_pairwise_request(
     expert: str, a: Conversation, b: Conversation, sampling: Sampling, max_tokens: int, seed: int
 ) -> ChatRequest:
     """Ask `expert` which of A (= a) and B (= b) is better. The caller picks the order."""
-    system = render(f"critic_{expert}.j2", mode="pairwise", labels=["A", "B"])
+    system = render_fixed(f"critic_{expert}.j2", mode="pairwise", labels=("A", "B"))
     user = render("critic_quality_user.j2", items=[{"label": "A", "turns": a.turns}, {"label": "B", "turns": b.turns}])
     params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of(expert), a.id, b.id))
     return _request(system, user, PAIRWISE_SCHEMA, params, expert, f"{a.id}|{b.id}")
@@ -182,7 +182,7 @@ def build_listwise_request(
 ) -> ChatRequest:
     """Ask `expert` to rank all of `convs`, labelled A, B, C, ... in the given order."""
     labels = list(LABELS[: len(convs)])
-    system = render(f"critic_{expert}.j2", mode="listwise", labels=labels)
+    system = render_fixed(f"critic_{expert}.j2", mode="listwise", labels=tuple(labels))
     items = [{"label": label, "turns": c.turns} for label, c in zip(labels, convs, strict=True)]
     user = render("critic_quality_user.j2", items=items)
     ids = [c.id for c in convs]
@@ -250,7 +250,7 @@ def _pass_or_reject(
 def build_faithfulness_request(
     conv: Conversation, sampling: Sampling, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
-    system = render("critic_faithfulness.j2", language=prompt_language(conv.language))
+    system = render_fixed("critic_faithfulness.j2", language=prompt_language(conv.language))
     user = render("critic_faithfulness_user.j2", user1=conv.user1_persona, user2=conv.user2_persona, turns=conv.turns)
     params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("faithfulness"), conv.id))
     return _request(system, user, FAITHFULNESS_SCHEMA, params, "faithfulness", conv.id)
@@ -267,7 +267,7 @@ def build_toxicity_request(
     conv: Conversation, sampling: Sampling, seed: int, max_tokens: int = 160
 ) -> ChatRequest:
     """Is `conv` toxic? Also used by the evaluation suite (toxicity rate)."""
-    system = render("critic_toxicity.j2", language=prompt_language(conv.language))
+    system = render_fixed("critic_toxicity.j2", language=prompt_language(conv.language))
     user = render("critic_toxicity_user.j2", turns=conv.turns)
     params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("toxicity"), conv.id))
     return _request(system, user, TOXICITY_SCHEMA, params, "toxicity", conv.id)
@@ -362,7 +362,7 @@ def build_cross_session_request(
     memory: dict[str, str] | None = None,
 ) -> ChatRequest:
     """Does `conv` (a candidate for the next session, `gap` after the last of `earlier`) contradict them?"""
-    system = render("critic_cross_session.j2")
+    system = render_fixed("critic_cross_session.j2")
     shown = [{"index": s.index, "gap": s.gap, "turns": s.turns} for s in earlier[-CROSS_SESSION_SHOWN:]]
     user = render("critic_cross_session_user.j2", earlier=shown, gap=gap, turns=conv.turns, memory=memory or {})
     params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("cross_session"), conv.id))
