@@ -13,7 +13,7 @@ candidates, `--pairs N`, profiles 2N), `backend.concurrency` = slots, against th
   them) over the ideal: per stage, the server's summed service seconds / slots + its longest single request
   (the last one cannot finish sooner). Expansion's bootstrap steps run one after another: they are where
   the window exceeds that ideal most (see the per-stage lines).
-- peak_mb: the largest peak RSS of the four processes.
+- peak_mb: the largest peak RSS of the processes (each measured alone).
 - calls_per_kept: stats.json per_kept.calls (all invocations / kept conversations).
 - cpu_ms_per_call: personaloom's own CPU per LLM call (everything but the HTTP transport): the same work as
   one `personaloom run --backend fake` (in-process scripted model; start-up, embeddings, dataset and report
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -48,16 +47,18 @@ def stages(pairs: int) -> list[tuple[str, list[str]]]:
 
 
 def run(stage: str, extra: list[str], out: Path, backend: list[str]) -> tuple[float, float, float]:
-    """(wall s, CPU s, peak RSS MB) of one personaloom command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """(wall s, CPU s, peak RSS MB) of one personaloom command (its own rusage: os.wait4)."""
     start = time.perf_counter()
-    done = subprocess.run([EXE, stage, "--out", str(out), *backend, *extra], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"personaloom {stage} failed ({done.returncode}): {done.stderr[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, after.ru_maxrss / 1024  # ru_maxrss of children: the largest so far, in KiB
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([EXE, stage, "--out", str(out), *backend, *extra], stdout=subprocess.DEVNULL,
+                                stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"personaloom {stage} failed ({proc.returncode}): {err.read()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # ru_maxrss in KiB
 
 
 def calls_of(out: Path) -> tuple[int, dict[str, Any]]:

@@ -128,7 +128,8 @@ class Faults:
     retry_after_s: float = 1.0
     # A hang holds the request this long (or until the client hangs up): past any client timeout.
     hang_s: float = 600.0
-    # Scripted faults: the k-th arrival of each distinct request gets first[k] (None = answer normally);
+    # Scripted faults: the k-th arrival of each distinct request gets first[k] (None = answer normally; also
+    # "disconnect": the connection is closed without an answer);
     # arrivals past the script draw from the rates above.
     first: tuple[str | None, ...] = ()
 
@@ -333,6 +334,8 @@ class LoopbackServer:
         if fault is not None:
             with self._lock:
                 self.faults[fault] += 1
+        if fault == "disconnect":  # hang up without an answer (a crashed worker, a proxy's reset)
+            return False
         if fault == "hang":
             # Hold the request until the client gives up (its socket closes) or hang_s passes.
             with contextlib.suppress(TimeoutError, ConnectionError):

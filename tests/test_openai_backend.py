@@ -90,13 +90,52 @@ def test_default_transport_is_aiohttp_and_httpx_still_works() -> None:
 
 # Both transports: the same faults must read the same (aiohttp's errors are mapped onto httpx's by the client).
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-@pytest.mark.parametrize("fault", ["http_500", "truncated", "hang"])
+@pytest.mark.parametrize("fault", ["http_500", "truncated", "hang", "disconnect"])
 def test_transient_fault_is_retried(fault: str, transport: str) -> None:
     with LoopbackServer(faults=Faults(first=(fault, fault))) as server:
-        result = one(backend_for(server, timeout_s=0.5, transport=transport), req(f"survive {fault}"))
+        backend = backend_for(server, timeout_s=0.5, transport=transport)
+        overloads: list[float | None] = []
+        backend.on_overload = overloads.append
+        result = one(backend, req(f"survive {fault}"))
         assert result.ok, result.error
         assert result.retries == 2 and result.text == f"survive {fault}"
         assert server.stats()["faults"] == {fault: 2}
+        # Only a timeout says "overloaded" (the executor halves its bound): not a hang-up, not a 500.
+        assert overloads == ([None, None] if fault == "hang" else [])
+
+
+def test_connection_failures_are_told_apart_under_both_transports() -> None:
+    import socket
+
+    import aiohttp
+    import httpx2
+    import openai
+
+    from personaloom.backends.openai_compat import connection_failure
+
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+
+    def wrapped(root: BaseException, timeout: bool = True) -> BaseException:
+        """As the official client on aiohttp raises it: APITimeoutError <- httpx ConnectTimeout <- root."""
+        mid = httpx2.ConnectTimeout(str(root))
+        mid.__cause__ = root
+        outer: BaseException = (openai.APITimeoutError(request=request) if timeout
+                                else openai.APIConnectionError(request=request))
+        outer.__cause__ = mid
+        return outer
+
+    key = type("Key", (), {"host": "no-such-host.invalid", "port": 80, "ssl": None})()
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connect call failed"))  # type: ignore[arg-type]
+    dns = aiohttp.ClientConnectorDNSError(key, socket.gaierror(-2, "Name or service not known"))  # type: ignore[arg-type]
+    assert connection_failure(wrapped(refused)) == ("refused", "connection refused")
+    assert connection_failure(wrapped(dns)) == ("refused", "ClientConnectorDNSError")
+    assert connection_failure(wrapped(aiohttp.ServerDisconnectedError())) == ("other", "ServerDisconnectedError")
+    assert connection_failure(wrapped(aiohttp.SocketTimeoutError("read"))) == ("timeout", "SocketTimeoutError")
+    # httpx: its own ConnectError means unreachable, a timeout is a timeout
+    plain = openai.APIConnectionError(request=request)
+    plain.__cause__ = httpx2.ConnectError("refused")
+    assert connection_failure(plain)[0] == "refused"
+    assert connection_failure(openai.APITimeoutError(request=request)) == ("timeout", "timeout")
 
 
 def test_persistent_500_becomes_an_error_result() -> None:

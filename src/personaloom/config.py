@@ -104,8 +104,8 @@ class ProfilesConfig(Record):
     # direction, ~7x the calls), "cross-encoder" (an NLI CrossEncoder from the local path nli_model), "none".
     nli: Literal["llm", "llm-pairwise", "cross-encoder", "none"] = "llm"
     nli_model: str | None = None
-    # Only attributes this close to the candidate (cosine) are judged: attributes on unrelated topics do not
-    # contradict. The lowest contradicting pair in calibrate/data/nli_pairs.jsonl is 0.13 (all-MiniLM-L6-v2).
+    # nli=llm: only attributes this close to the candidate (cosine) are judged: attributes on unrelated topics
+    # do not contradict. The lowest contradicting pair in calibrate/data/nli_pairs.jsonl is 0.13 (all-MiniLM-L6-v2).
     topic_threshold: float = Field(0.1, ge=-1.0, le=1.0)
     # Candidates tried per profile: size * max_tries_factor; a profile still short is dropped.
     max_tries_factor: int = Field(10, ge=1)

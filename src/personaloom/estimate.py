@@ -159,7 +159,8 @@ def estimate(config: RunConfig) -> dict[str, Any]:
     cost = config.prices.cost(total["prompt_tokens"], total["completion_tokens"])
     if cost is not None:
         result["cost"] = round(cost, 4)
-    kept = config.generate.target_kept or pairs_needed(config) * rate
+    expected = pairs_needed(config) * rate  # with --target-kept, pair.max_pairs may cap it below the target
+    kept = min(config.generate.target_kept, expected) if config.generate.target_kept else expected
     if kept > 0:
         per = {k: round(v / kept, 2) for k, v in total.items()}
         if cost is not None:

@@ -67,10 +67,11 @@ def is_loopback(url: str) -> bool:
 class _Retryable(Exception):
     """A transport-level failure worth another try (the message is key-free)."""
 
-    def __init__(self, message: str, retry_after: float | None = None, refused: bool = False,
+    def __init__(self, message: str, retry_after: float | None = None, refused: str | None = None,
                  overload: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # Nothing reachable at the URL: how ("connection refused", "ClientConnectorDNSError", ...).
         self.refused = refused
         # 429, 503 or a timeout: the server has more than it can take (the executor lowers its bound).
         self.overload = overload
@@ -227,14 +228,41 @@ def check_structured(text: str, schema: dict[str, Any]) -> tuple[str | None, str
 # ---------------------------------------------------------------- the backend
 
 
-def _is_refused(exc: BaseException) -> bool:
-    """Whether a connection error is "nothing listens there" (httpx's or httpx2's ConnectError)."""
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConnectionRefusedError) or type(seen).__name__ == "ConnectError":
-            return True
+    while seen is not None and seen not in chain:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    return chain
+
+
+def connection_failure(exc: BaseException) -> tuple[str, str]:
+    """What a failed connection was: ("refused" | "timeout" | "other", a short detail).
+
+    "refused": nothing could be reached there (refused, unknown host); "timeout": the server took too long.
+    The official client's aiohttp transport maps every aiohttp connection error onto httpx's ConnectTimeout
+    (so openai raises APITimeoutError for a refused or dropped connection too): when an aiohttp error is in
+    the chain, it decides. With httpx, a ConnectError means unreachable (refused or DNS), APITimeoutError a
+    timeout.
+    """
+    chain = _causes(exc)
+    native = [e for e in chain if type(e).__module__.split(".")[0] == "aiohttp"]
+    if native:
+        root = native[-1]
+        names = {c.__name__ for c in type(root).__mro__}
+        if isinstance(root, TimeoutError):
+            return "timeout", type(root).__name__
+        if "ClientConnectorError" in names:
+            refused = any(isinstance(e, ConnectionRefusedError) for e in [*chain, getattr(root, "os_error", None)])
+            return "refused", "connection refused" if refused else type(root).__name__
+        return "other", type(root).__name__
+    if any(isinstance(e, ConnectionRefusedError) or type(e).__name__ == "ConnectError" for e in chain):
+        return "refused", "connection refused"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", "timeout"
+    cause = exc.__cause__
+    return "other", type(cause).__name__ if cause is not None else "connection error"
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -395,14 +423,10 @@ class OpenAIBackend(Backend):
             )
             data = json.loads(raw)
         except openai.APIConnectionError as exc:  # and its subclass APITimeoutError
-            # The aiohttp transport reports a refused connection as a connect *timeout*: look at the cause.
-            if _is_refused(exc):
-                raise _Retryable("connection failed (connection refused)", refused=True) from None
-            if isinstance(exc, openai.APITimeoutError):
+            kind, detail = connection_failure(exc)
+            if kind == "timeout":
                 raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s", overload=True) from None
-            cause = exc.__cause__
-            detail = type(cause).__name__ if cause is not None else "connection error"
-            raise _Retryable(f"connection failed ({detail})") from None
+            raise _Retryable(f"connection failed ({detail})", refused=detail if kind == "refused" else None) from None
         except openai.APIStatusError as exc:
             status = exc.status_code
             said, param = server_message(exc)
@@ -460,7 +484,7 @@ class OpenAIBackend(Backend):
                     if exc.refused:
                         raise BackendError(
                             f"cannot reach the OpenAI-compatible server at {self.base_url} "
-                            f"(connection refused, {attempt} tries): is it running? "
+                            f"({exc.refused}, {attempt} tries): is it running? "
                             "Check --base-url (setting backend.base_url)"
                         ) from None
                     raise _Failed(f"{exc} (after {attempt} tries)", attempt - 1) from None

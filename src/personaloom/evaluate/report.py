@@ -464,7 +464,7 @@ def run_section(run: RunInfo | None) -> str:
         kept = stats.get("per_kept") if isinstance(stats.get("per_kept"), dict) else {}
         if kept:
             rows.append([f"per kept conversation ({num(stats.get('conversations'))} kept, all invocations)",
-                         *(num(kept.get(k), 2) if k in kept else "" for k in keys)])
+                         *(num(kept.get(k), 4 if k == "cost" else 2) if k in kept else "" for k in keys)])
         parts.append(table(["", *(esc(k) for k in keys)], rows))
     stages = stats.get("stages")
     if isinstance(stages, dict) and stages:

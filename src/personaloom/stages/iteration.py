@@ -68,11 +68,17 @@ def pair_window(config: RunConfig) -> int:
     return max(64, 4 * widest)
 
 
+# Finished outcomes waiting for a slower pair before them, per pair in flight: bounds memory while a pair
+# is stuck in retries, without idling the slots.
+BUFFER_PER_SLOT = 8
+
+
 async def _stream(pairs: list[Pair], work: Callable[[Pair], Awaitable[PairOutcome]], window: int,
                   emit: Callable[[Pair, PairOutcome], None]) -> RunStopped | None:
-    """Run `work` over the pairs, at most `window` indices ahead of the first unwritten one, and `emit` the
-    outcomes in pair order. Every started pair ends before this returns; then the first error is raised, or
-    the RunStopped returned (a stopped run starts no new pair)."""
+    """Run `work` over the pairs, at most `window` at once (and at most window x BUFFER_PER_SLOT finished ones
+    waiting for an earlier one), and `emit` the outcomes in pair order. Every started pair ends before this
+    returns or raises; then the first error (a pair's or `emit`'s) is raised, or the RunStopped returned (a
+    stopped run starts no new pair)."""
     tasks: dict[asyncio.Task[PairOutcome], int] = {}
     done: dict[int, PairOutcome | BaseException] = {}
     written = started = 0
@@ -80,7 +86,8 @@ async def _stream(pairs: list[Pair], work: Callable[[Pair], Awaitable[PairOutcom
     error: BaseException | None = None
     try:
         while True:
-            while stopped is None and error is None and started < len(pairs) and started < written + window:
+            while (stopped is None and error is None and started < len(pairs) and len(tasks) < window
+                   and started - written < window * BUFFER_PER_SLOT):
                 tasks[asyncio.ensure_future(work(pairs[started]))] = started
                 started += 1
             if not tasks:
@@ -88,7 +95,7 @@ async def _stream(pairs: list[Pair], work: Callable[[Pair], Awaitable[PairOutcom
             finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in finished:
                 i = tasks.pop(task)
-                exc = task.exception()
+                exc = asyncio.CancelledError() if task.cancelled() else task.exception()
                 done[i] = exc if exc is not None else task.result()
                 if isinstance(exc, RunStopped):
                     stopped = stopped or exc
@@ -96,12 +103,17 @@ async def _stream(pairs: list[Pair], work: Callable[[Pair], Awaitable[PairOutcom
                     error = error or exc
             while written in done:
                 outcome = done.pop(written)
-                if not isinstance(outcome, BaseException):
-                    emit(pairs[written], outcome)
+                if not isinstance(outcome, BaseException) and error is None:
+                    try:
+                        emit(pairs[written], outcome)
+                    except Exception as exc:  # a write failed: the round fails, the pairs in flight end first
+                        error = exc
                 written += 1
     finally:
-        for task in tasks:  # only when this coroutine itself was cancelled
-            task.cancel()
+        if tasks:  # this coroutine was cancelled: so are the pairs it started, and they end before it does
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     if error is not None:
         raise error
     return stopped
@@ -124,8 +136,10 @@ class _RoundWriter:
         self.tokens: dict[str, TokenCount] = {}
 
     def __enter__(self) -> _RoundWriter:
-        for name in self.FILES:
-            self._out[name] = self._files.enter_context(atomic_open(self.folder / f"{name}.jsonl"))
+        with contextlib.ExitStack() as opening:  # a file that cannot be opened removes those opened before it
+            for name in self.FILES:
+                self._out[name] = opening.enter_context(atomic_open(self.folder / f"{name}.jsonl"))
+            self._files = opening.pop_all()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

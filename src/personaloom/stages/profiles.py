@@ -5,8 +5,8 @@ run seed. Out: `ProfilesResult` — profiles of exactly cfg.size attributes and 
 
 A candidate attribute is rejected when
   redundant:     its cosine to an attribute already in the profile exceeds cfg.redundancy_threshold;
-  inconsistent:  the judge finds that it contradicts an attribute in the profile. Only attributes on a
-                 related topic (cosine >= cfg.topic_threshold) are judged;
+  inconsistent:  the judge finds that it contradicts an attribute in the profile. The "llm" judge sees only
+                 attributes on a related topic (cosine >= cfg.topic_threshold);
   nli_failed:    the LLM gave nothing usable — rejected, since consistency is unproven.
   (nli_abstained, not a rejection: the judge flagged a statement that cannot be a contradiction, so its
   answer carries no information and is ignored — see ListwiseJudge, LLMJudge.)
@@ -204,9 +204,11 @@ class JudgeCandidate(_Seeded[Candidate, list[int]]):
         statements = item.statements
         prompt = render("consistency.j2", statements=statements, candidate=item.attribute.text)
         key = self.item_id(item)
+        # Room for every number (about 3 tokens each) whatever the profile size.
+        params = self.params(key).model_copy(update={"max_tokens": max(self.max_tokens, 12 + 3 * len(statements))})
         return ChatRequest(
             messages=[Message(role="user", content=prompt)],
-            params=self.params(key),
+            params=params,
             json_schema=consistency_schema(len(statements)),
             metadata={"stage": NLI_STAGE, "id": key},
         )
@@ -404,8 +406,10 @@ async def _build_one(
         if chosen and float((emb[chosen] @ emb[cand]).max()) > cfg.redundancy_threshold:
             rejections["redundant"] += 1
             continue
-        # Only attributes on a related topic are judged (the rest cannot contradict it).
-        related = [i for i in chosen if float(emb[i] @ emb[cand]) >= cfg.topic_threshold]
+        # The listwise judge sees only attributes on a related topic (the rest cannot contradict it); the
+        # paper's pairwise judge and the cross-encoder judge every pair, as before.
+        gate = cfg.topic_threshold if cfg.nli == "llm" else -1.0
+        related = [i for i in chosen if float(emb[i] @ emb[cand]) >= gate]
         verdicts = await judge.contradicts(attributes[cand], [attributes[i] for i in related])
         if any(v is True for v in verdicts):
             rejections["inconsistent"] += 1
@@ -462,5 +466,5 @@ async def build_profiles(
             )
         )
     if isinstance(judge, (LLMJudge, ListwiseJudge)) and judge.abstained:
-        rejections["nli_abstained"] = judge.abstained  # not a rejection: judged "yes" to both, ignored
+        rejections["nli_abstained"] = judge.abstained  # not a rejection: an answer without information, ignored
     return ProfilesResult(profiles, dict(rejections))
