@@ -43,6 +43,8 @@ from typing import Any
 
 import pytest
 
+from personaloom.backends.fake import body_schema
+
 # Reply function: (request body, choice index) -> message content.
 Reply = Callable[[dict[str, Any], int], str]
 BAD_CONTENT = "\u0000<<this is not the reply you asked for>> }{ User 3 ::"
@@ -88,15 +90,7 @@ def schema_instance(schema: dict[str, Any]) -> Any:
     return {"string": "ok", "integer": 1, "number": 1.0, "boolean": True, "null": None}.get(str(kind), "ok")
 
 
-def requested_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    fmt = body.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        return schema if isinstance(schema, dict) else {}
-    if fmt.get("type") == "json_object":
-        schema = fmt.get("schema")
-        return schema if isinstance(schema, dict) else {}
-    return None
+requested_schema = body_schema  # the JSON schema a chat-completion body asks for, or None
 
 
 def echo_reply(body: dict[str, Any], index: int) -> str:
