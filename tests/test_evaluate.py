@@ -24,6 +24,7 @@ from personaloom.evaluate.metrics import (
     persona_coverage,
     tokens,
 )
+from personaloom.evaluate.report import load_run_info
 from personaloom.evaluate.retrieval import hits_at_1, hits_from_scores
 from personaloom.evaluate.suite import build_report, evaluate, judge_sample
 from personaloom.evaluate.toxicity import run_toxicity
@@ -365,9 +366,13 @@ def test_evaluate_with_fake_judge_and_run_dir(tmp_path: Path) -> None:
         {"conversation_id": "g1", "expert": "depth", "decision": "win", "rationale": "", "opponent_id": "g2"},
         {"conversation_id": "g2", "expert": "depth", "decision": "lose", "rationale": "", "opponent_id": "g1"},
     ]
-    (run / "iterations" / "1" / "verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    (run / "iterations" / "1" / "verdicts.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts) + "{cut\n")
     (run / "stats.json").write_text(json.dumps({"llm": {"calls": 3}, "stages": {"x": {"wall_s": 1.0}}}))
     ref = _write_jsonl(tmp_path / "ref.jsonl", refs)
+    info = load_run_info(run)  # read line by line: a 20k-pair round's files are hundreds of MB
+    assert info is not None and info.unreadable_lines == 1
+    assert info.iterations == {1: {"candidates": 9, "kept": 6, "rejected": {"toxicity": 1}}}
+    assert info.verdicts == {"toxicity": {"reject": 1}, "depth": {"win": 1, "lose": 1}}
 
     def judge(req: ChatRequest) -> str:
         stage = req.metadata["stage"]
@@ -394,6 +399,25 @@ def test_evaluate_with_fake_judge_and_run_dir(tmp_path: Path) -> None:
     (run / "report.html").unlink()
     path = build_report(run)
     assert path == run / "report.html" and path.read_text().count("data:image/png;base64,") >= 6
+
+
+def test_a_large_dataset_is_measured_on_a_seeded_sample_and_counted_whole(tmp_path: Path) -> None:
+    # 30 conversations, every third with a defect (same speaker twice): the counts cover all 30, the
+    # corpus metrics a seeded sample of 8, the same on a re-run, and the report says so.
+    convs = [conv(f"c{i}", ["p"], ["q"], [f"hello {i}", f"reply {i}", "more words"]) for i in range(30)]
+    for i in range(0, 30, 3):
+        convs[i] = convs[i].model_copy(update={"turns": [Turn(speaker=1, text="a"), Turn(speaker=1, text="b")]})
+    data = _write_jsonl(tmp_path / "big.jsonl", convs)
+    first = asyncio.run(evaluate(data, data, tmp_path / "a", judge=None, metrics_sample=8))
+    again = asyncio.run(evaluate(data, None, tmp_path / "b", judge=None, metrics_sample=8))
+    whole = asyncio.run(evaluate(data, None, tmp_path / "c", judge=None, metrics_sample=None))
+    assert first["conversations"] == whole["conversations"] == 30
+    assert first["defects"]["same_speaker"] == first["defects"]["any"] == whole["defects"]["any"] == 10
+    assert first["metrics_sample"] == first["reference"]["metrics_sample"] == 8 and whole["metrics_sample"] is None
+    assert first["utterances"] < whole["utterances"]
+    assert (first["distinct_2"], first["utterances"]) == (again["distinct_2"], again["utterances"])
+    assert "seeded sample of each large dataset (data: 8 of 30; reference: 8 of 30)" in (
+        tmp_path / "a" / "report.html").read_text()
 
 
 def test_run_dir_with_no_conversations_still_gets_a_report(tmp_path: Path) -> None:

@@ -4,11 +4,14 @@ before them are, every started pair finished before an error or a stop is passed
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from personaloom.records import Pair
+from personaloom.records import Conversation, Pair
 from personaloom.stages.iteration import _stream
 from personaloom.stages.round import PairOutcome
 from personaloom.stop import RunStopped
@@ -122,3 +125,39 @@ def test_a_slow_first_pair_does_not_idle_the_window() -> None:
     emitted: list[str] = []
     assert asyncio.run(_stream(_pairs(100), work, 4, lambda p, o: emitted.append(p.id))) is None
     assert emitted == [p.id for p in _pairs(100)] and most <= 4
+
+
+def test_few_shot_pool_holds_the_latest_winners_and_the_dataset_streams_from_the_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FEWSHOT_POOL_MAX = 1: round 3 sees the seeds and round 2's last winner only; the dataset still has
+    # every kept conversation of the three rounds, in round order, read back from their selected.jsonl.
+    from personaloom import pipeline
+    from personaloom.config import build_config
+    from personaloom.stages import iteration
+
+    monkeypatch.setattr(iteration, "FEWSHOT_POOL_MAX", 1)
+    monkeypatch.setattr(pipeline, "FEWSHOT_POOL_MAX", 1)
+    pools: dict[int, set[str]] = {}
+    real = iteration.converse
+
+    async def spy(pair: Pair, pool: list[Conversation], route: Any, config: Any, k: int) -> Any:
+        pools.setdefault(k, set()).update(c.id for c in pool)
+        return await real(pair, pool, route, config, k)
+
+    monkeypatch.setattr(iteration, "converse", spy)
+    out = tmp_path / "run"
+    config = build_config(overrides=[
+        "backend.kind=fake", f"out={out}", "generate.pairs=6", "generate.iterations=3", "expand.new_attributes=4",
+        "expand.bootstrap_steps=1", "profiles.profiles=12"])
+    pipeline.run(config)
+    rounds = [[json.loads(line)["id"] for line in (out / "iterations" / str(k) / "selected.jsonl").open()]
+              for k in (1, 2, 3)]
+    assert [len(r) for r in rounds] == [2, 2, 2]
+    written = [json.loads(line)["id"] for line in (out / "conversations.jsonl").open()]
+    assert written == [i for r in rounds for i in r]
+    winners = set(written)
+    assert pools[1] & winners == set()
+    assert pools[2] & winners == {rounds[0][-1]} and pools[3] & winners == {rounds[1][-1]}
+    assert pools[1] - winners == pools[3] - winners != set()  # the seed examples stay
+    assert json.loads((out / "stats.json").read_text())["conversations"] == 6

@@ -98,10 +98,10 @@ def test_localize_pair_once_per_attribute() -> None:
 def test_in_language_winners_replace_the_seed_examples() -> None:
     seeds = [Conversation(id=f"s{i}", user1_persona=[], user2_persona=[], turns=[]) for i in range(3)]
     won = [Conversation(id="w1", user1_persona=[], user2_persona=[], turns=[], language="de")]
-    assert next_pool(seeds, won, won, "de") == won
-    assert next_pool(seeds, [], [], "de") == seeds  # nothing kept yet: keep the seeds
-    assert next_pool(seeds, won, won, None) == [*seeds, *won]
-    assert next_pool(seeds, won, won, "en-US") == [*seeds, *won]
+    assert next_pool(seeds, won, "de") == won
+    assert next_pool(seeds, [], "de") == seeds  # nothing kept yet: keep the seeds
+    assert next_pool(seeds, won, None) == [*seeds, *won]
+    assert next_pool(seeds, won, "en-US") == [*seeds, *won]
 
 
 def test_evaluation_line() -> None:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,14 @@ from personaloom.rundir import (
     write_stats,
 )
 from personaloom.seed_data import SeedSet, load_seed_set
-from personaloom.stages.iteration import dataset_summary, next_pool, split_rounds
+from personaloom.stages.iteration import (
+    FEWSHOT_POOL_MAX,
+    KeptConversations,
+    dataset_summary,
+    next_pool,
+    read_selected,
+    split_rounds,
+)
 from personaloom.stats import Stats
 from personaloom.stop import RunStopped, StopSignal
 from personaloom.traits import assign_to_pair, assign_to_profiles
@@ -245,9 +253,10 @@ class Pipeline:
         console.print(f"pair: {len(pairs)} pairs")
         return pairs
 
-    async def generate(self, pairs: list[Pair]) -> list[Conversation]:
+    async def generate(self, pairs: list[Pair]) -> KeptConversations:
         """K rounds over the first generate.pairs pairs; with generate.target_kept, rounds over pairs.jsonl
-        until that many are kept (see `_next_round`). The kept conversations, in round order."""
+        until that many are kept (see `_next_round`). The kept conversations, in round order, on disk
+        (memory holds the few-shot pool: the seeds and the last FEWSHOT_POOL_MAX winners)."""
         cfg = self.config
         gen = cfg.generate
         # Pairs made before --big-five was asked for (or written by hand) get their levels here, from
@@ -258,30 +267,35 @@ class Pipeline:
         if not chosen:
             raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
         planned = split_rounds(chosen, gen.iterations) if gen.target_kept is None else []
-        pool: list[Conversation] = list(self.seed_set.conversations)
-        kept: list[Conversation] = []
+        seeds = list(self.seed_set.conversations)
+        pool = seeds
+        winners: deque[Conversation] = deque(maxlen=FEWSHOT_POOL_MAX)
+        paths: list[Path] = []
+        kept = 0
         summaries: list[dict[str, Any]] = []
         upstream, used = self.state.done.get("pair"), 0
-        while (round_pairs := planned.pop(0) if planned else self._next_round(chosen, used, len(kept))):
+        while (round_pairs := planned.pop(0) if planned else self._next_round(chosen, used, kept)):
             used += len(round_pairs)
             k = len(summaries) + 1
+            folder = self.out / "iterations" / str(k)
             try:
                 selected, upstream = await self._iteration(k, round_pairs, pool, upstream)
-            except RunStopped as stopped:
-                kept.extend(stopped.kept)
-                summaries.append(read_json(self.out / "iterations" / str(k) / "summary.json"))
-                self.partial = True
+            except RunStopped:  # the round wrote what it finished (selected.jsonl, summary.json "partial")
+                self.partial, selected = True, []
+            summaries.append(read_json(folder / "summary.json"))
+            paths.append(folder / "selected.jsonl")
+            kept += int(summaries[-1].get("kept", 0))
+            if self.partial:
                 break
-            summaries.append(read_json(self.out / "iterations" / str(k) / "summary.json"))
-            kept.extend(selected)
-            pool = next_pool(pool, kept, selected, cfg.language)
+            winners.extend(selected)
+            pool = next_pool(seeds, winners, cfg.language)
         if gen.target_kept is not None and not self.partial:
-            if len(kept) < gen.target_kept:
-                console.print(f"[yellow]kept {len(kept)} of the {gen.target_kept} asked for: all {len(chosen)} pairs "
+            if kept < gen.target_kept:
+                console.print(f"[yellow]kept {kept} of the {gen.target_kept} asked for: all {len(chosen)} pairs "
                               f"of pairs.jsonl are used; raise --max-pairs (and profiles.profiles)[/yellow]")
-            kept = kept[: gen.target_kept]
-        self.stats.extra["dataset"] = dataset_summary(summaries, len(kept), cfg.critic.mode)
-        return kept
+            kept = min(kept, gen.target_kept)
+        self.stats.extra["dataset"] = dataset_summary(summaries, kept, cfg.critic.mode)
+        return KeptConversations(tuple(paths), kept)
 
     def _next_round(self, chosen: list[Pair], used: int, kept: int) -> list[Pair]:
         """--target-kept: the next round's pairs, as many as the keep rate so far says the rest needs
@@ -294,8 +308,8 @@ class Pipeline:
 
     async def _iteration(self, k: int, round_pairs: list[Pair], pool: list[Conversation],
                          upstream: str | None) -> tuple[list[Conversation], str]:
-        """Round k (from its files when its fingerprint matches): (its kept conversations, its fingerprint)."""
-        from personaloom.io import read_jsonl
+        """Round k (from its files when its fingerprint matches): (its last FEWSHOT_POOL_MAX kept
+        conversations, its fingerprint)."""
         from personaloom.stages.sessions import INPUTS
 
         fp = fingerprint(INPUTS, self.config, upstream, k, [p.model_dump(mode="json") for p in round_pairs],
@@ -303,8 +317,8 @@ class Pipeline:
         folder = self.out / "iterations" / str(k)
         selected_path = folder / "selected.jsonl"
         if self.state.is_done(f"generate.{k}", fp, selected_path, folder / "summary.json"):
-            selected: list[Conversation] = read_jsonl(selected_path, Conversation)
-            console.print(f"[dim]iteration {k}: up to date ({len(selected)} kept)[/dim]")
+            selected, n = read_selected(selected_path)
+            console.print(f"[dim]iteration {k}: up to date ({n} kept)[/dim]")
             return selected, fp
         errors, before = self.stats.llm["errors"], self._calls("generate", "critic")
         selected = await self._round(k, round_pairs, pool, folder)
@@ -338,7 +352,7 @@ class Pipeline:
             asyncio.run(evaluate(self.out, None, self.out, judge=None, seed=self.config.seed))
 
 
-async def _run_async(pipe: Pipeline, until: str, only: str | None) -> list[Conversation] | None:
+async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConversations | None:
     """Stages in order up to `until`; with `only`, the stages before it are read from their files."""
 
     def skip(stage: str) -> bool:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,13 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_dataset(out: Path, conversations: list[Conversation], config: RunConfig, stats: Stats,
+def write_dataset(out: Path, conversations: Iterable[Conversation], config: RunConfig, stats: Stats,
                   seed_name: str) -> None:
-    """conversations.jsonl, spc.csv, dataset/ and the dataset card README.md."""
-    write_jsonl(out / "conversations.jsonl", conversations)
+    """conversations.jsonl, spc.csv, dataset/ and the dataset card README.md. `conversations` is read
+    once per file (a run's are streamed from its rounds' selected.jsonl: see KeptConversations)."""
+    stats.conversations = write_jsonl(out / "conversations.jsonl", conversations)
     write_spc_csv(out / "spc.csv", conversations)
     write_hf_dataset(out / "dataset", conversations)
-    stats.conversations = len(conversations)
     write_dataset_card(
         out / "README.md", conversations, title=f"personaloom dataset ({out.name})",
         sources=[f"seed data: {seed_name}", f"backend: {config.backend.kind}"],

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any
 
 from personaloom.errors import PersonaloomError
 
@@ -23,14 +22,9 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunStopped(PersonaloomError):
-    """The user stopped the run (Ctrl-C or SIGTERM); exit 130. `kept`: the conversations the stopped
-    iteration had finished, for the partial dataset."""
+    """The user stopped the run (Ctrl-C or SIGTERM); exit 130."""
 
     exit_code = 130
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.kept: list[Any] = []
 
 
 class StopSignal:

@@ -123,10 +123,13 @@ def length_stats(convs: Sequence[Conversation], toks: Sequence[Sequence[str]] | 
 
 def deterministic_metrics(convs: Sequence[Conversation]) -> dict[str, Any]:
     """Everything here that needs neither an LLM nor an embedder."""
+    return {"conversations": len(convs), "defects": defect_counts(convs), **corpus_metrics(convs)}
+
+
+def corpus_metrics(convs: Sequence[Conversation]) -> dict[str, Any]:
+    """distinct-1/2/3 and length_stats: the metrics that need the corpus at once."""
     toks = utterance_tokens(convs)
     return {
-        "conversations": len(convs),
-        "defects": defect_counts(convs),
         "distinct_1": round(distinct_n(toks, 1), 6),
         "distinct_2": round(distinct_n(toks, 2), 6),
         "distinct_3": round(distinct_n(toks, 3), 6),

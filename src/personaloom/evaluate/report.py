@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,23 +64,26 @@ class RunInfo:
     unreadable_lines: int = 0
 
 
-def _read_jsonl(path: Path, info: RunInfo) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def _read_jsonl(path: Path, info: RunInfo) -> Iterator[dict[str, Any]]:
+    """The JSON objects of `path`, one line at a time (a 20k-pair round's verdicts are ~200 MB)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError:
+                    info.unreadable_lines += 1
+                    continue
+                if isinstance(value, dict):
+                    yield value
     except (OSError, UnicodeDecodeError):
-        return rows
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            info.unreadable_lines += 1
-            continue
-        if isinstance(value, dict):
-            rows.append(value)
-    return rows
+        return
+
+
+def _count(rows: Iterable[object]) -> int:
+    return sum(1 for _ in rows)
 
 
 def load_run_info(run_dir: Path) -> RunInfo | None:
@@ -93,20 +97,15 @@ def load_run_info(run_dir: Path) -> RunInfo | None:
         folders = [p for p in iterations_dir.iterdir() if p.is_dir() and p.name.isdigit()]
         for folder in sorted(folders, key=lambda p: int(p.name)):
             k = int(folder.name)
-            candidates = _read_jsonl(folder / "candidates.jsonl", info)
-            selected = _read_jsonl(folder / "selected.jsonl", info)
-            verdicts = _read_jsonl(folder / "verdicts.jsonl", info)
-            rejected: Counter[str] = Counter()
             rejected_ids: dict[str, set[str]] = {}
-            for v in verdicts:
+            for v in _read_jsonl(folder / "verdicts.jsonl", info):
                 expert, decision = str(v.get("expert", "?")), str(v.get("decision", "?"))
                 info.verdicts.setdefault(expert, Counter())[decision] += 1
                 if decision == "reject":
-                    rejected[expert] += 1
                     rejected_ids.setdefault(expert, set()).add(str(v.get("conversation_id")))
             info.iterations[k] = {
-                "candidates": len(candidates),
-                "kept": len(selected),
+                "candidates": _count(_read_jsonl(folder / "candidates.jsonl", info)),
+                "kept": _count(_read_jsonl(folder / "selected.jsonl", info)),
                 "rejected": {e: len(ids) for e, ids in sorted(rejected_ids.items())},
             }
     if stats_path.is_file():
@@ -511,6 +510,14 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
         )
         body.append("<h2>Summary</h2>")
         body.append(table(["metric", "data", "reference"], _summary_rows(metrics, ref)))
+        sampled = [(label, m) for label, m in (("data", metrics), ("reference", ref)) if m and m.get("metrics_sample")]
+        if sampled:
+            of = "; ".join(f"{label}: {num(m['metrics_sample'])} of {num(m.get('conversations'))}"
+                           for label, m in sampled)
+            body.append(
+                f'<p class="note">Conversation and defect counts cover every conversation; the other metrics a '
+                f"seeded sample of each large dataset ({of}).</p>"
+            )
         cov = metrics.get("persona_coverage")
         if isinstance(cov, dict):
             body.append(

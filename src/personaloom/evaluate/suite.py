@@ -14,23 +14,28 @@ embedder for persona coverage. Out (in `out`):
 `limit` caps the conversations sent to the judge (a seeded sample). Persona coverage embeds every
 utterance, the slowest step on a CPU (measured here: 15-25 sentences/s on 2 cores shared with other
 jobs; 100 SPC conversations are ~3,700 texts), so it uses a seeded sample of `coverage_sample`
-conversations per dataset (100: ~900 attributes, a rate within about ±3 points); every other metric
-uses everything.
+conversations per dataset (100: ~900 attributes, a rate within about ±3 points). The counts of
+conversations and of format defects cover every conversation, read one at a time; every other metric
+a seeded sample of `metrics_sample` (METRICS_SAMPLE) conversations per dataset, all of them when fewer
+("metrics_sample" in metrics.json: the sample's size when it is one, else null).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from personaloom.chat import LLMClient
+from personaloom.dialogue import DEFECT_KINDS
 from personaloom.errors import InputError
 from personaloom.evaluate import features
 from personaloom.evaluate.faithfulness import run_faithfulness
-from personaloom.evaluate.metrics import deterministic_metrics, persona_coverage
+from personaloom.evaluate.metrics import conversation_defects, corpus_metrics, persona_coverage
 from personaloom.evaluate.report import load_run_info, write_report
 from personaloom.evaluate.retrieval import hits_at_1
 from personaloom.evaluate.turing import run_turing
@@ -42,21 +47,53 @@ from personaloom.rundir import read_json
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 COVERAGE_SAMPLE = 100
+# Conversations per dataset for every metric but the counts of conversations and defects: a 20k- or
+# 1M-conversation run is evaluated in the memory of 5,000 (about 70 MB of records), and distinct-n, which
+# falls as a corpus grows, compares two datasets of different sizes at the same size.
+METRICS_SAMPLE = 5000
 
 
-def load_conversations(path: Path) -> list[Conversation]:
+@dataclass
+class LoadedDataset:
+    """A dataset as the metrics see it: a seeded sample of at most METRICS_SAMPLE conversations (all of
+    them when fewer, in file order), how many the file has, and the format defects over all of them."""
+
+    sample: list[Conversation]
+    total: int
+    defects: dict[str, int]
+
+
+def _records(path: Path) -> Iterator[Conversation]:
     from personaloom.io import read_conversations
+    from personaloom.io.jsonl import iter_jsonl
 
     if path.is_dir():
         target = path / "conversations.jsonl"
         if not target.is_file():
             raise InputError("not a run directory: no conversations.jsonl in it", path=path)
-        if not target.read_bytes().strip():
-            return []  # a run that kept nothing still gets a report (its critic plots say why)
-        return read_conversations(target, "jsonl")
+        # a run that kept nothing still gets a report (its critic plots say why); a run's file streams
+        return iter_jsonl(target, Conversation)
     if not path.exists():
         raise InputError("no such file or directory", path=path)
-    return read_conversations(path)
+    return iter(read_conversations(path))
+
+
+def load_dataset(path: Path, cap: int | None, seed: int, name: str) -> LoadedDataset:
+    """Read `path` (a run directory or any readable file) once: count its conversations and their defects,
+    and keep a uniform seeded sample of `cap` (reservoir sampling, Vitter's algorithm R; None = keep all)."""
+    rng = rng_for(seed, "evaluate", "metrics-sample", name)
+    reservoir: list[tuple[int, Conversation]] = []
+    defects = Counter({kind: 0 for kind in (*DEFECT_KINDS, "any")})
+    total = 0
+    for i, conv in enumerate(_records(path)):
+        total += 1
+        found = conversation_defects(conv)
+        defects.update([*found, *(["any"] if found else [])])
+        if cap is None or i < cap:
+            reservoir.append((i, conv))
+        elif (j := rng.randrange(i + 1)) < cap:
+            reservoir[j] = (i, conv)
+    return LoadedDataset([c for _, c in sorted(reservoir, key=lambda x: x[0])], total, dict(defects))
 
 
 def seeded_sample(convs: list[Conversation], limit: int | None, seed: int, *key: str) -> list[Conversation]:
@@ -78,9 +115,11 @@ def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def _dataset_metrics(
-    convs: list[Conversation], embedder: Any | None, seed: int, name: str, coverage_sample: int | None
+    data: LoadedDataset, embedder: Any | None, seed: int, name: str, coverage_sample: int | None
 ) -> dict[str, Any]:
-    m = deterministic_metrics(convs)
+    convs = data.sample
+    m = {"conversations": data.total, "defects": data.defects, **corpus_metrics(convs)}
+    m["metrics_sample"] = len(convs) if len(convs) < data.total else None
     if embedder is not None:
         sample = seeded_sample(convs, coverage_sample, seed, "coverage", name)
         m["persona_coverage"] = {**persona_coverage(sample, embedder), "conversations": len(sample)}
@@ -99,10 +138,12 @@ async def evaluate(
     seed: int = 0,
     embedder: Any | None = None,
     coverage_sample: int | None = COVERAGE_SAMPLE,
+    metrics_sample: int | None = METRICS_SAMPLE,
 ) -> dict[str, Any]:
     """Compute every metric, write out/metrics.json and out/report.html, return the metrics.
 
-    coverage_sample: conversations per dataset for persona coverage (None = all of them)."""
+    coverage_sample: conversations per dataset for persona coverage; metrics_sample: for every metric but
+    the conversation and defect counts (None = all of them)."""
     out = ensure_dir(Path(out))
     data_path = Path(data)
     timing: dict[str, float] = {}
@@ -113,15 +154,16 @@ async def evaluate(
         timing[name] = round(now - since, 3)
         return now
 
-    convs = load_conversations(data_path)
-    ref = load_conversations(Path(reference)) if reference is not None else None
+    loaded = load_dataset(data_path, metrics_sample, seed, "data")
+    ref_data = load_dataset(Path(reference), metrics_sample, seed, "reference") if reference is not None else None
+    convs, ref = loaded.sample, (ref_data.sample if ref_data is not None else None)
     t = lap("read", started)
-    metrics: dict[str, Any] = _dataset_metrics(convs, embedder, seed, "data", coverage_sample)
+    metrics: dict[str, Any] = _dataset_metrics(loaded, embedder, seed, "data", coverage_sample)
     t = lap("data_metrics", t)
     metrics["reference"] = None
     metrics["ir_transfer"] = None
-    if ref is not None:
-        metrics["reference"] = _dataset_metrics(ref, embedder, seed, "reference", coverage_sample)
+    if ref_data is not None and ref is not None:
+        metrics["reference"] = _dataset_metrics(ref_data, embedder, seed, "reference", coverage_sample)
         # Same candidates as the reference's own score (same name), only the tf-idf weights differ.
         metrics["ir_transfer"] = {"generated->reference": hits_at_1(ref, fit_on=convs, seed=seed, name="reference")}
         t = lap("reference_metrics", t)

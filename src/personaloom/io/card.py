@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,33 @@ from personaloom.text import primary_subtag
 DEFAULT_LICENCE = "cc-by-4.0"
 
 
-def card_counts(conversations: Sequence[Conversation]) -> dict[str, Any]:
-    personas = {tuple(p) for c in conversations for p in (c.user1_persona, c.user2_persona) if p}
-    attributes = {a for c in conversations for a in (*c.user1_persona, *c.user2_persona)}
-    turns = sum(len(c.turns) for c in conversations)
-    defects: Counter[str] = Counter(k for c in conversations for k in set(c.defects))
+def card_counts(conversations: Iterable[Conversation]) -> dict[str, Any]:
+    """The card's counts, in one pass (a run's kept conversations are streamed from disk); "languages"
+    are the ISO 639 codes used (English unless --language said otherwise)."""
+    personas: set[tuple[str, ...]] = set()
+    attributes: set[str] = set()
+    languages: set[str] = set()
+    defects: Counter[str] = Counter()
+    n = turns = with_defects = 0
+    for c in conversations:
+        n += 1
+        turns += len(c.turns)
+        for persona in (c.user1_persona, c.user2_persona):
+            if persona:
+                personas.add(tuple(persona))
+            attributes.update(persona)
+        languages.add(primary_subtag(c.language) if c.language else "en")
+        defects.update(set(c.defects))
+        with_defects += bool(c.defects)
     return {
-        "conversations": len(conversations),
+        "conversations": n,
         "turns": turns,
-        "mean_utterances": turns / len(conversations) if conversations else 0.0,
+        "mean_utterances": turns / n if n else 0.0,
         "unique_personas": len(personas),
         "unique_attributes": len(attributes),
-        "with_defects": sum(1 for c in conversations if c.defects),
+        "with_defects": with_defects,
         "defects": {k: defects[k] for k in DEFECT_KINDS if defects[k]},
+        "languages": sorted(languages) or ["en"],
     }
 
 
@@ -47,7 +61,7 @@ def _size_category(n: int) -> str:
 
 
 def dataset_card(
-    conversations: Sequence[Conversation],
+    conversations: Iterable[Conversation],
     *,
     title: str,
     sources: Sequence[str],
@@ -62,8 +76,7 @@ def dataset_card(
         title=" ".join(title.split()) or "personaloom dataset",
         licence=licence,
         size_category=_size_category(counts["conversations"]),
-        # ISO 639 codes of the conversations (English unless --language said otherwise).
-        languages=sorted({primary_subtag(c.language) if c.language else "en" for c in conversations}) or ["en"],
+        languages=counts["languages"],
         counts=counts,
         sources=list(sources),
         config=config,
@@ -77,7 +90,7 @@ def dataset_card(
 
 def write_dataset_card(
     path: str | Path,
-    conversations: Sequence[Conversation],
+    conversations: Iterable[Conversation],
     *,
     title: str,
     sources: Sequence[str],

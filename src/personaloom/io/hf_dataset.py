@@ -10,7 +10,6 @@ built beside the target and renamed into place, so a crash never leaves a half-w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -81,35 +80,42 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 
 def write_hf_dataset(directory: str | Path, conversations: Iterable[Conversation], *, readme: str | None = None) -> int:
-    """Write the dataset (and README.md = `readme` when given); returns the number of conversations."""
+    """Write the dataset (and README.md = `readme` when given); returns the number of conversations.
+
+    The rows stream through datasets' ArrowWriter into a scratch Arrow file (memory holds one batch),
+    which is memory-mapped to save the dataset and its Parquet copy."""
     import datasets
+    from datasets.arrow_writer import ArrowWriter
 
     target = Path(directory)
     ensure_dir(target.parent)
-    rows = [_row(c) for c in conversations]
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:
         raise OutputError(f"{target}: cannot write ({exc.strerror})") from None
+    scratch = tmp / "scratch"
     # A one-line CLI summary is the output; datasets' progress bars would clutter stderr.
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        features = _features()
-        # By columns: from_list([]) would drop the schema of an empty dataset.
-        ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+        scratch.mkdir()
+        with ArrowWriter(features=_features(), path=str(scratch / "rows.arrow"), writer_batch_size=1000) as writer:
+            for conv in conversations:
+                writer.write(_row(conv))
+            n, _ = writer.finalize()
+        ds = datasets.Dataset.from_file(str(scratch / "rows.arrow"))
+        built = tmp / "dataset"
         # One shard when empty: zero shards would not load back (datasets 5.x).
-        ds.save_to_disk(str(tmp), num_shards=1 if not rows else None)
-        ds.to_parquet(str(tmp / PARQUET))
+        ds.save_to_disk(str(built), num_shards=1 if not n else None)
+        ds.to_parquet(str(built / PARQUET))
+        del ds  # the memory map of the scratch file
         if readme is not None:
-            (tmp / "README.md").write_text(readme, encoding="utf-8")
-        _replace_dir(tmp, target)
+            (built / "README.md").write_text(readme, encoding="utf-8")
+        _replace_dir(built, target)
     except OSError as exc:
         raise OutputError(f"{target}: cannot write dataset ({exc.strerror or exc})") from None
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
-        with contextlib.suppress(OSError):
-            if tmp.exists():
-                shutil.rmtree(tmp)
-    return len(rows)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return int(n)

@@ -1,7 +1,8 @@
 """One iteration of the Generator–Critic loop over its share of the pairs (DESIGN.md §1 step 7).
 
 In: the iteration number k, its pairs, the few-shot pool, a `Router`, the RunConfig, the run's Stats and
-the iteration's folder. Out: the kept conversations, and in the folder candidates.jsonl, verdicts.jsonl,
+the iteration's folder. Out: the round's latest kept conversations (at most FEWSHOT_POOL_MAX: the rest
+are on disk only), and in the folder candidates.jsonl, verdicts.jsonl,
 failures.jsonl, selected.jsonl and summary.json ({pairs, candidates, kept, failures, rejected: {expert or
 "format:<codes>": n}, tokens: {role: {calls, prompt_tokens, completion_tokens}}}).
 """
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -22,6 +25,7 @@ from pydantic import BaseModel
 from personaloom.chat import Router
 from personaloom.config import RunConfig
 from personaloom.fsutil import atomic_open, atomic_write_text
+from personaloom.io.jsonl import iter_jsonl
 from personaloom.records import Conversation, Failure, Pair, TokenCount, Verdict
 from personaloom.stages.round import PairOutcome
 from personaloom.stages.sessions import converse
@@ -29,6 +33,37 @@ from personaloom.stats import Stats, merge_tokens
 from personaloom.step import add_tokens
 from personaloom.stop import RunStopped
 from personaloom.text import is_english
+
+# Winners kept in memory as the Generator's few-shot pool (DESIGN.md §1 step 7 feeds every winner back):
+# the most recent ones. The Generator draws a few examples per pair, so a pool of 2,000 is as varied as
+# one of 200,000, and memory stays flat however many conversations a run keeps.
+FEWSHOT_POOL_MAX = 2000
+
+
+@dataclass(frozen=True)
+class KeptConversations:
+    """A run's kept conversations, on disk: the first `count` records of the rounds' selected.jsonl files,
+    in order. Re-iterable; each pass reads the files again and holds one conversation at a time."""
+
+    paths: tuple[Path, ...] = ()
+    count: int = 0
+
+    def __iter__(self) -> Iterator[Conversation]:
+        records = itertools.chain.from_iterable(iter_jsonl(p, Conversation) for p in self.paths)
+        return itertools.islice(records, self.count)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def read_selected(path: Path) -> tuple[list[Conversation], int]:
+    """(the last FEWSHOT_POOL_MAX conversations of a round's selected.jsonl, how many it has)."""
+    recent: deque[Conversation] = deque(maxlen=FEWSHOT_POOL_MAX)
+    n = 0
+    for conv in iter_jsonl(path, Conversation):
+        recent.append(conv)
+        n += 1
+    return list(recent), n
 
 
 def rejections(verdicts: list[Verdict]) -> dict[str, int]:
@@ -43,9 +78,9 @@ def rejections(verdicts: list[Verdict]) -> dict[str, int]:
 
 async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], route: Router, config: RunConfig,
                         stats: Stats, folder: Path) -> tuple[list[Conversation], dict[str, Any]]:
-    """(the kept conversations, the summary written to summary.json). When the user stops the run, the
-    pairs that were finished are written (summary "partial": true) and RunStopped is raised, carrying
-    their kept conversations in `kept`.
+    """(the round's last FEWSHOT_POOL_MAX kept conversations, the summary written to summary.json; its
+    "kept" counts them all, in selected.jsonl). When the user stops the run, the pairs that were finished
+    are written (summary "partial": true) and RunStopped is raised.
 
     Pairs stream through a window of `pair_window(config)` (enough to keep every endpoint's slots busy):
     each finished pair's candidates, verdicts and failures go to disk in pair order as soon as the pairs
@@ -56,9 +91,8 @@ async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], rou
                                 writer.add)
     summary = writer.finish(stats, partial=stopped is not None)
     if stopped is not None:
-        stopped.kept = writer.selected
         raise stopped
-    return writer.selected, summary
+    return list(writer.recent), summary
 
 
 def pair_window(config: RunConfig) -> int:
@@ -129,8 +163,8 @@ class _RoundWriter:
         self.folder, self.k = folder, k
         self._files = contextlib.ExitStack()
         self._out: dict[str, IO[str]] = {}
-        self.selected: list[Conversation] = []
-        self.pairs = self.candidates = 0
+        self.recent: deque[Conversation] = deque(maxlen=FEWSHOT_POOL_MAX)
+        self.pairs = self.candidates = self.kept = 0
         self.failures: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.tokens: dict[str, TokenCount] = {}
@@ -156,7 +190,8 @@ class _RoundWriter:
             failures.append(Failure(stage="critic", item_id=pair.id, reason="no_candidate_survived",
                                     iteration=self.k))
         else:
-            self.selected.append(outcome.selected)
+            self.recent.append(outcome.selected)
+            self.kept += 1
             self._write("selected", [outcome.selected])
         self._write("candidates", outcome.candidates)
         self._write("verdicts", outcome.verdicts)
@@ -169,7 +204,7 @@ class _RoundWriter:
 
     def finish(self, stats: Stats, partial: bool) -> dict[str, Any]:
         summary: dict[str, Any] = {
-            "pairs": self.pairs, "candidates": self.candidates, "kept": len(self.selected),
+            "pairs": self.pairs, "candidates": self.candidates, "kept": self.kept,
             "failures": sum(self.failures.values()), "rejected": dict(self.rejected),
             "tokens": {r: t.model_dump() for r, t in sorted(self.tokens.items())},
         }
@@ -193,14 +228,14 @@ def split_rounds(items: list[Pair], k: int) -> list[list[Pair]]:
     return out
 
 
-def next_pool(
-    pool: list[Conversation], kept: list[Conversation], selected: list[Conversation], language: str | None
-) -> list[Conversation]:
-    """The few-shot pool of the next round: the winners join it; with --language (other than English),
-    once in-language winners exist they replace the seed examples."""
-    if not is_english(language) and kept:
-        return list(kept)
-    return [*pool, *selected]
+def next_pool(seeds: Sequence[Conversation], winners: Sequence[Conversation],
+              language: str | None) -> list[Conversation]:
+    """The few-shot pool of the next round: the seed examples and the run's winners so far (the last
+    FEWSHOT_POOL_MAX); with --language (other than English), once in-language winners exist they replace
+    the seed examples."""
+    if not is_english(language) and winners:
+        return list(winners)
+    return [*seeds, *winners]
 
 
 def dataset_summary(rounds: list[dict[str, Any]], kept: int, mode: str) -> dict[str, Any]:
