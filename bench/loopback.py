@@ -68,7 +68,7 @@ class Server:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
         # Keyed by what decides a reply's length (messages, max_tokens, n), not by client-specific
         # fields (model name, sampling, seed): two clients sending the same prompts get the same work.
-        key = json.dumps([body.get("messages"), max_tokens, n], sort_keys=True)
+        key = json.dumps([_plain_messages(body.get("messages")), max_tokens, n], sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()
         rng = random.Random(f"{a.seed}:{digest}")
         demo = _demo_reply(body) if a.replies == "demo" else None
@@ -96,7 +96,7 @@ class Server:
             await asyncio.sleep(delay)
         self.busy_s += delay
         self.max_latency_s = max(self.max_latency_s, delay)
-        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        prompt = sum(len(str(m.get("content", "")).split()) for m in _plain_messages(body.get("messages", [])))
         completion = sum(len(t.split()) for t in texts)
         self.completion_words += completion
         return json.dumps({
@@ -154,6 +154,20 @@ class Server:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+def _plain_messages(messages: Any) -> Any:
+    """Messages with text-part lists (`[{"type": "text", "text": ...}]`, as Data Designer sends) joined into one
+    string, so a client that sends parts gets the same replies as one that sends plain strings (unchanged)."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+            m = {**m, "content": "".join(str(p.get("text", "")) for p in content)}
+        out.append(m)
+    return out
 
 
 def _demo_reply(body: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ as it runs, then the table. A benchmark is any bench/*.py whose last output line
 `seconds=<x>` (other `key=<x>` lines it prints, such as `memory_growth_mb=`, can carry goals too).
 Exit status 1 if a benchmark crashed or printed no result; a missed goal shows as FAIL in the table.
 
-    .venv/bin/python bench/run_all.py [--only scheduler vs_distilabel]
+    .venv/bin/python bench/run_all.py [--only scheduler vs_peers]
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ GOALS: dict[str, list[Goal]] = {
     "backend_throughput": [Goal("P-1 embedded: through / raw decode rate", "ratio", ">=", 0.9)],
     "scheduler": [Goal("P-2 scheduler: measured / ideal time, 10k requests", "ratio", "<=", 1.1),
                   Goal("P-2 memory: peak RSS growth 1k -> 10k conversations (MB)", "memory_growth_mb", "<=", 100)],
-    "vs_distilabel": [Goal("P-3 peer: personaloom / distilabel conversations/s", "ratio", ">=", 2.0)],
+    "vs_peers": [Goal("P-3 peer: personaloom / distilabel conversations/s", "ratio_distilabel", ">=", 2.0),
+                 Goal("P-7 peers: personaloom / fastest peer conversations/s", "ratio", ">=", 1.0),
+                 Goal("P-7 peers: personaloom busy window / ideal", "ratio_ideal", "<=", 1.1)],
     "critic_cost": [Goal("P-4 critic cost: listwise / pairwise tokens per kept conv", "ratio", None)],
     "consistency": [Goal("Profile consistency calls per profile: listwise / paper's pairwise", "ratio", None),
                     Goal("Profile consistency calls per profile (listwise)", "calls_per_profile", "<=", 8)],

@@ -161,3 +161,29 @@ def test_few_shot_pool_holds_the_latest_winners_and_the_dataset_streams_from_the
     assert pools[2] & winners == {rounds[0][-1]} and pools[3] & winners == {rounds[1][-1]}
     assert pools[1] - winners == pools[3] - winners != set()  # the seed examples stay
     assert json.loads((out / "stats.json").read_text())["conversations"] == 6
+
+
+def test_map_window_bounds_items_in_flight_keeps_order_and_stops_on_the_first_error() -> None:
+    from personaloom.aio import map_window
+
+    running, peak, started = 0, 0, []
+
+    async def work(k: int, fail: int = -1) -> int:
+        nonlocal running, peak
+        started.append(k)
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(random.Random(k).random() / 200)
+        running -= 1
+        if k == fail:
+            raise RunStopped("stop")
+        return k * k
+
+    assert asyncio.run(map_window(work, 100, 7)) == [k * k for k in range(100)]
+    assert peak == 7 and sorted(started) == list(range(100))
+    started.clear()
+    with pytest.raises(RunStopped):
+        asyncio.run(map_window(lambda k: work(k, fail=40), 100, 7))
+    assert running == 0  # the started ones ended first
+    assert 40 in started and len(started) < 100  # nothing new after the error
+    assert asyncio.run(map_window(work, 0, 7)) == []

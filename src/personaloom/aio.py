@@ -1,13 +1,13 @@
 """asyncio helpers: run coroutines together and surface the error that matters.
 
-In: coroutines. Out: their results in order; when one raises, the others are cancelled and that exception
-itself is raised (personaloom's own first), never an ExceptionGroup.
+In: coroutines (gather_all), or a function over 0..n-1 and a window (map_window). Out: their results in
+order; when one raises, that exception itself is raised (personaloom's own first), never an ExceptionGroup.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from personaloom.errors import PersonaloomError
@@ -38,3 +38,27 @@ async def gather_all(awaitables: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     except BaseExceptionGroup as exc:
         raise _leaf(exc) from None
     return [t.result() for t in tasks]
+
+
+async def map_window(fn: Callable[[int], Awaitable[T]], n: int, window: int) -> list[T]:
+    """[fn(0), ..., fn(n - 1)], at most `window` running at once (memory holds the window, not n pending
+    coroutines). After the first exception no new item starts; the started ones end, then that exception
+    is raised (a stopped run lets its calls in flight finish)."""
+    slots: dict[int, T] = {}
+    items = iter(range(n))
+    errors: list[Exception] = []
+
+    async def worker() -> None:
+        for k in items:
+            if errors:
+                return
+            try:
+                slots[k] = await fn(k)
+            except Exception as exc:  # cancellation propagates; an error stops the other workers' next items
+                errors.append(exc)
+                return
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(window, n)))))
+    if errors:
+        raise errors[0]
+    return [slots[k] for k in range(n)]

@@ -52,6 +52,7 @@ from personaloom.stages.iteration import (
     FEWSHOT_POOL_MAX,
     KeptConversations,
     dataset_summary,
+    in_flight_window,
     next_pool,
     read_selected,
     split_rounds,
@@ -214,7 +215,8 @@ class Pipeline:
                                              "attribute_ids": p.attribute_ids[: cfg.profiles.size]})
                         for p in self._personas()][: cfg.profiles.profiles]
             rest = cfg.profiles.model_copy(update={"profiles": cfg.profiles.profiles - len(personas)})
-            result = await build_profiles(attributes, self.embedder, self.clients.main, rest, cfg.sampling, cfg.seed)
+            result = await build_profiles(attributes, self.embedder, self.clients.main, rest, cfg.sampling, cfg.seed,
+                                          in_flight_window(cfg))
             result.profiles = assign_to_profiles([*personas, *result.profiles], cfg.big_five, cfg.seed)
             self._write("profiles.jsonl", result.profiles)
             st["profiles"] = len(result.profiles)

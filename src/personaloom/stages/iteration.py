@@ -82,12 +82,12 @@ async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], rou
     "kept" counts them all, in selected.jsonl). When the user stops the run, the pairs that were finished
     are written (summary "partial": true) and RunStopped is raised.
 
-    Pairs stream through a window of `pair_window(config)` (enough to keep every endpoint's slots busy):
+    Pairs stream through a window of `in_flight_window(config)` (enough to keep every endpoint's slots busy):
     each finished pair's candidates, verdicts and failures go to disk in pair order as soon as the pairs
     before it are written, so memory holds the window, not the round (only the kept conversations stay).
     """
     with _RoundWriter(folder, k) as writer:
-        stopped = await _stream(pairs, lambda p: converse(p, pool, route, config, k), pair_window(config),
+        stopped = await _stream(pairs, lambda p: converse(p, pool, route, config, k), in_flight_window(config),
                                 writer.add)
     summary = writer.finish(stats, partial=stopped is not None)
     if stopped is not None:
@@ -95,8 +95,9 @@ async def run_iteration(k: int, pairs: list[Pair], pool: list[Conversation], rou
     return list(writer.recent), summary
 
 
-def pair_window(config: RunConfig) -> int:
-    """Pairs in flight at once: 4 per slot of the widest endpoint (a pair has 1-3 calls out at a time)."""
+def in_flight_window(config: RunConfig) -> int:
+    """Items (pairs, profiles) in flight at once: 4 per slot of the widest endpoint (an item has 1-3 calls
+    out at a time)."""
     widest = max([config.backend.concurrency] + [e.backend.concurrency for e in config.critic.experts.values()
                                                  if e.backend is not None])
     return max(64, 4 * widest)

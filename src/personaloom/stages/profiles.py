@@ -15,8 +15,9 @@ contradicts (a JSON list of numbers, structured output); "llm-pairwise" (LLMJudg
 write each attribute's negation (one request per attribute, seeded by its id, so paid once), then asks yes/no
 entailment per attribute pair and direction; "cross-encoder" scores those negations with a
 sentence-transformers CrossEncoder NLI model from the local path cfg.nli_model; "none" skips (b).
-Profile k draws from rng_for(seed, "profiles", k) alone, so profiles are built concurrently and still
-come out the same on every run. A profile still short after size * max_tries_factor candidates is
+Profile k draws from rng_for(seed, "profiles", k) alone, so profiles are built concurrently (`window` at
+a time, so that memory holds the window, not every profile's pending calls) and still come out the same
+on every run. A profile still short after size * max_tries_factor candidates is
 dropped ("incomplete"); a later profile with the same attribute set as an earlier one is dropped
 ("duplicate_profile").
 """
@@ -33,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from personaloom import rng, stagenames
+from personaloom.aio import map_window
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampling, SamplingParams
 from personaloom.config import ProfilesConfig
 from personaloom.embed import Embedder
@@ -428,6 +430,7 @@ async def build_profiles(
     cfg: ProfilesConfig,
     sampling: Sampling,
     seed: int,
+    window: int = 256,
 ) -> ProfilesResult:
     distinct = len({a.text for a in attributes})
     if cfg.profiles and distinct < cfg.size:
@@ -437,16 +440,8 @@ async def build_profiles(
         return ProfilesResult([], {})
     emb = embedder.encode([a.text for a in attributes])
     judge = make_judge(cfg, llm, seed, sampling)
-    # Every builder ends before this returns (a stopped run lets the calls in flight finish), then the
-    # first error, if any, is raised.
-    done = await asyncio.gather(
-        *(_build_one(k, attributes, emb, judge, cfg, seed, rejections) for k in range(cfg.profiles)),
-        return_exceptions=True,
-    )
-    errors = [e for e in done if isinstance(e, BaseException)]
-    if errors:
-        raise errors[0]
-    built = [b for b in done if not isinstance(b, BaseException)]
+    built = await map_window(lambda k: _build_one(k, attributes, emb, judge, cfg, seed, rejections), cfg.profiles,
+                             window)
     profiles: list[Profile] = []
     seen: set[frozenset[str]] = set()
     for k, chosen in enumerate(built):
