@@ -325,3 +325,42 @@ def test_adaptive_concurrency_against_a_rate_limited_server() -> None:
         assert 0 < limited < 120
         # Additive increase: some success round raised the bound again after a cut.
         assert any(b > a for a, b in itertools.pairwise(limits))
+
+
+def test_endpoint_hands_free_slots_to_the_longest_waiting_requests() -> None:
+    """Never more than `limit` in flight, admission in arrival order, a raised limit admits waiters at
+    once, and a cancelled waiter (queued or just granted) leaks no slot."""
+    from personaloom.executors.local import Endpoint
+
+    endpoint = Endpoint("e", 8)
+    endpoint.limit = 3
+    admitted: list[int] = []
+    peak = 0
+
+    async def user(i: int, hold: float) -> None:
+        nonlocal peak
+        async with endpoint.slot():
+            admitted.append(i)
+            peak = max(peak, endpoint.in_flight)
+            await asyncio.sleep(hold)
+
+    async def go() -> None:
+        await asyncio.gather(*(user(i, 0.002) for i in range(40)))
+        assert admitted == list(range(40)) and peak == 3 and endpoint.in_flight == 0
+        endpoint.limit = 1
+        blocker = asyncio.create_task(user(100, 0.05))
+        queued = [asyncio.create_task(user(101 + i, 0.0)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        assert endpoint.in_flight == 1 and len(endpoint._waiters) == 3
+        queued[0].cancel()  # still queued
+        await asyncio.sleep(0)
+        endpoint.limit, endpoint._successes = 2, 10**6
+        endpoint.succeeded()  # additive increase to 3: both waiters get a slot now, the blocker still holds one
+        assert endpoint.limit == 3 and endpoint.in_flight == 3 and not endpoint._waiters
+        queued[1].cancel()  # granted a slot but not yet running: the slot goes back
+        await asyncio.sleep(0)
+        assert endpoint.in_flight == 2
+        await asyncio.gather(blocker, *queued, return_exceptions=True)
+        assert endpoint.in_flight == 0 and not endpoint._waiters and 103 in admitted and 101 not in admitted
+
+    asyncio.run(go())
