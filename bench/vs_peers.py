@@ -148,10 +148,8 @@ def data_designer_side(args: argparse.Namespace) -> None:
 
 def _data_designer(args: argparse.Namespace, home: str, artifacts: str) -> None:
     os.environ.setdefault("DATA_DESIGNER_HOME", home)  # default model settings are written under ~/.data-designer
-    health = bool(getattr(args, "dd_health_check", False))  # True: keep the pre-run model health check
     for key, value in DATA_DESIGNER_ENV.items():
-        if not (health and key == "DATA_DESIGNER_SKIP_MODEL_HEALTH_CHECKS"):
-            os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)
     import logging
 
     import data_designer.config as dd
@@ -168,9 +166,9 @@ def _data_designer(args: argparse.Namespace, home: str, artifacts: str) -> None:
                                                 max_parallel_requests=args.slots, timeout=120)
 
     provider = dd.ModelProvider(name="loopback", endpoint=args.url, provider_type="openai", api_key=API_KEY)
-    models = [dd.ModelConfig(alias="gen", model="loopback", provider="loopback", skip_health_check=not health,
+    models = [dd.ModelConfig(alias="gen", model="loopback", provider="loopback", skip_health_check=True,
                              inference_parameters=params(GEN_MAX_TOKENS)),
-              dd.ModelConfig(alias="judge", model="loopback", provider="loopback", skip_health_check=not health,
+              dd.ModelConfig(alias="judge", model="loopback", provider="loopback", skip_health_check=True,
                              inference_parameters=params(JUDGE_MAX_TOKENS))]
     builder = dd.DataDesignerConfigBuilder(model_configs=models)
     builder.with_seed_dataset(dd.DataFrameSeedSource(df=pd.DataFrame(rows)),
@@ -184,7 +182,7 @@ def _data_designer(args: argparse.Namespace, home: str, artifacts: str) -> None:
     logging.getLogger("data_designer").setLevel(logging.WARNING)
     # otel_metrics_port=None: no loopback Prometheus endpoint; display_tui off (not a TTY anyway).
     designer.set_run_config(dd.RunConfig(otel_metrics_port=None, display_tui=False,
-                                         buffer_size=getattr(args, "buffer_size", 1000)))
+                                         buffer_size=1000))
 
     t_start, start = time.time(), time.perf_counter()
     result = designer.create(builder, num_records=len(rows), dataset_name="bench")
@@ -194,7 +192,7 @@ def _data_designer(args: argparse.Namespace, home: str, artifacts: str) -> None:
     per_pair = Counter(int(p) for p in ok["pair"])
     pairs_done = sum(1 for n in per_pair.values() if n == args.candidates)
     print(json.dumps({"seconds": elapsed, "rows": len(df), "pairs": pairs_done, "t_start": t_start,
-                      "t_end": t_end, "health_check": health}), flush=True)
+                      "t_end": t_end}), flush=True)
 
 
 # ----------------------------------------------------------------------------------------- Bespoke Curator
@@ -238,34 +236,17 @@ def _curator(args: argparse.Namespace, work: str) -> None:
         bundled = os.path.join(next(iter(spec.submodule_search_locations)), "litellm_core_utils", "tokenizers")
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", bundled)
 
-    backend = getattr(args, "curator_backend", "openai")
-    probe = getattr(args, "curator_probe", False)
-    if backend == "litellm":
-        # The litellm backend drops backend_params["api_key"] (it passes only api_base to litellm.acompletion):
-        # without OPENAI_API_KEY every request fails with litellm.AuthenticationError.
-        os.environ["OPENAI_API_KEY"] = API_KEY
-
     from bespokelabs import curator
 
-    # Imported here, before the clock, like the other sides' imports (an LLM imports these lazily when built;
-    # `import litellm` alone takes ~1.6 s on this machine).
-    from bespokelabs.curator.request_processor.online import (
-        litellm_online_request_processor as llp,
-    )
-    from bespokelabs.curator.request_processor.online import (
-        openai_online_request_processor as olp,
-    )
+    # Imported here, before the clock, like the other sides' imports (an LLM imports it lazily when built).
+    from bespokelabs.curator.request_processor.online import openai_online_request_processor as olp
 
-    if not probe:
-        # Both backends send one rate-limit probe per LLM stage to read x-ratelimit-* headers: "openai" POSTs
-        # {"model": ..., "messages": []} when the LLM is built; "litellm" sends a real completion ("hi", with the
-        # stage's generation params) when the stage starts. Our limits are set by hand and the loopback server
-        # sends no such headers, so the probe's answer is (0, 0) and unused: skip it, so that the server sees only
-        # the work (2 x pairs x candidates requests). --curator-probe keeps it.
-        olp.OpenAIOnlineRequestProcessor.get_header_based_rate_limits = lambda self: (0, 0)
-        llp.LiteLLMOnlineRequestProcessor.get_header_based_rate_limits = lambda self: (0, 0)
+    # The "openai" backend POSTs one rate-limit probe ({"model": ..., "messages": []}) per LLM to read
+    # x-ratelimit-* headers. The limits are set by hand below and the server sends no such headers (the
+    # answer would be (0, 0), unused): skipped, so the server sees only the work (2 x pairs x candidates).
+    olp.OpenAIOnlineRequestProcessor.get_header_based_rate_limits = lambda self: (0, 0)
 
-    model = "loopback" if backend == "openai" else "openai/loopback"
+    backend, model = "openai", "loopback"
     backend_params = {
         "base_url": args.url, "api_key": API_KEY,
         "max_concurrent_requests": args.slots,      # asyncio.Semaphore around each request: the in-flight cap
@@ -293,7 +274,7 @@ def _curator(args: argparse.Namespace, work: str) -> None:
             for i in range(args.pairs) for j in range(args.candidates)]
     logging.getLogger("curator").setLevel(logging.WARNING)
     t_start, start = time.time(), time.perf_counter()
-    # Building an LLM builds its request processor (tiktoken encoding, cost processor; the rate-limit probe).
+    # Building an LLM builds its request processor (tiktoken encoding, cost processor).
     generate = Generate(model_name=model, backend=backend, backend_params=dict(backend_params),
                         generation_params={"max_tokens": GEN_MAX_TOKENS, "temperature": 0.7})
     judge = Judge(model_name=model, backend=backend, backend_params=dict(backend_params),
@@ -304,8 +285,8 @@ def _curator(args: argparse.Namespace, work: str) -> None:
     data = judged.dataset
     per_pair = Counter(r["pair"] for r in data if r.get("judgement"))
     pairs_done = sum(1 for n in per_pair.values() if n == args.candidates)
-    print(json.dumps({"seconds": elapsed, "rows": len(data), "pairs": pairs_done, "backend": backend,
-                      "probe": probe, "t_start": t_start, "t_end": t_end}), flush=True)
+    print(json.dumps({"seconds": elapsed, "rows": len(data), "pairs": pairs_done, "t_start": t_start,
+                      "t_end": t_end}), flush=True)
 
 
 # distilabel imports `requests` without declaring it (ModuleNotFoundError on `import distilabel.models`).
