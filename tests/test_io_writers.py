@@ -20,7 +20,7 @@ from personaloom.io import (
     write_parlai,
     write_spc_csv,
 )
-from personaloom.records import Attribute, Conversation, CriticSummary, Turn
+from personaloom.records import Attribute, Conversation, CriticSummary, Trim, Turn
 
 
 def _conv(i: int, speakers: list[int], **kw: object) -> Conversation:
@@ -112,6 +112,9 @@ def test_hf_dataset(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     convs = [_conv(i, [1, 2, 1, 2], iteration=1, critic=CriticSummary(mode="pairwise", votes={"depth": i}))
              for i in range(5)]
+    # Fields outside the dataset's schema (a generator's trim, the label forms read) are left out, not an error.
+    convs[0] = convs[0].model_copy(update={"trimmed": Trim(kept=4, of=6, at="same_speaker"),
+                                           "label_forms": ["emphasis"], "language": "fr"})
     out = tmp_path / "dataset"
     assert write_hf_dataset(out, convs) == 5
     ds = datasets.load_from_disk(str(out))
@@ -120,6 +123,7 @@ def test_hf_dataset(tmp_path: Path) -> None:
     assert ds[0]["user2_persona"] == ["I am user two of 0.", "I like tea."]
     pq = datasets.load_dataset("parquet", data_files=str(out / "data.parquet"))["train"]
     assert pq.num_rows == 5 and json.loads(pq[4]["critic"])["votes"] == {"depth": 4}
+    assert (ds[0]["language"], ds[2]["language"], ds[0]["sessions"]) == ("fr", None, None)
     # rewriting replaces the directory whole
     write_hf_dataset(out, convs[:2])
     assert datasets.load_from_disk(str(out)).num_rows == 2

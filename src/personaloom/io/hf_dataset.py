@@ -56,14 +56,14 @@ def _features() -> Any:
     )
 
 
-def _row(conv: Conversation) -> dict[str, Any]:
+def _row(conv: Conversation, columns: Iterable[str]) -> dict[str, Any]:
+    """The conversation's values of `columns` (fields outside the schema, such as `trimmed`, are left out;
+    a field the record omits is null)."""
     row = conv.model_dump(mode="json")
     for key in ("critic", "user1_traits", "user2_traits"):
         value = row.get(key)
         row[key] = None if value is None else json.dumps(value, ensure_ascii=False)
-    row.setdefault("language", None)
-    row.setdefault("sessions", None)
-    return row
+    return {k: row.get(k) for k in columns}
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -99,9 +99,10 @@ def write_hf_dataset(directory: str | Path, conversations: Iterable[Conversation
     datasets.disable_progress_bars()
     try:
         scratch.mkdir()
-        with ArrowWriter(features=_features(), path=str(scratch / "rows.arrow"), writer_batch_size=1000) as writer:
+        features = _features()
+        with ArrowWriter(features=features, path=str(scratch / "rows.arrow"), writer_batch_size=1000) as writer:
             for conv in conversations:
-                writer.write(_row(conv))
+                writer.write(_row(conv, features))
             n, _ = writer.finalize()
         ds = datasets.Dataset.from_file(str(scratch / "rows.arrow"))
         built = tmp / "dataset"
