@@ -3,6 +3,7 @@ entries committed before a SIGKILL survive it, and a second identical run pays z
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -52,6 +53,68 @@ def test_key_covers_what_determines_the_reply() -> None:
     other_seed = base.model_copy(update={"params": SamplingParams(seed=2)})
     assert len({key, other_seed.cache_key("embedded", "m.gguf:1"), base.cache_key("openai", "m.gguf:1"),
                 base.cache_key("embedded", "m.gguf:2")}) == 4
+
+
+def test_key_is_stable_across_versions() -> None:
+    """A changed key is a miss: a run resumed after an upgrade would pay for every call again. This digest is
+    sha256 of the canonical JSON {backend, messages, model, params, schema} (sorted keys, compact, UTF-8)."""
+    request = ChatRequest(
+        messages=[Message(role="system", content="Judge."), Message(role="user", content='Привет "x"\n{y}')],
+        params=SamplingParams(seed=7, max_tokens=99, stop=["\n\n"]),
+        json_schema={"type": "object", "properties": {"b": {"enum": ["A", "B"]}}},
+        metadata={"stage": "critic.depth"},
+    )
+    assert request.cache_key("openai", "m") == "820851e45959e8e647880af9ef76e3005d5073b9765a158b32ff595e0cbab203"
+
+
+def test_rows_of_earlier_versions_read_back(tmp_path: Path) -> None:
+    """Rows are stored without the per-call fields now; rows that have them (earlier versions) still read."""
+    path = tmp_path / "cache.sqlite"
+    with ResponseCache(path) as cache:
+        cache.put("new", result("fresh"))
+    with sqlite3.connect(path) as db:
+        stored = db.execute("SELECT result FROM responses WHERE key = 'new'").fetchone()[0]
+        assert '"cached"' not in stored and '"retries"' not in stored
+        old = result("old").model_copy(update={"retries": 0}).model_dump_json()
+        db.execute("INSERT INTO responses (key, result, created) VALUES ('old', ?, 0)", (old,))
+    with ResponseCache(path) as cache:
+        for key, text in (("new", "fresh"), ("old", "old")):
+            hit = cache.get(key)
+            assert hit is not None and hit.cached and hit.retries == 0 and hit.texts == [text]
+
+
+def test_aput_returns_committed_and_shares_one_commit_per_loop_turn(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    commits = 0
+
+    async def go(cache: ResponseCache) -> list[int]:
+        reader = sqlite3.connect(path)  # another connection sees committed rows only
+
+        async def store(i: int) -> int:
+            assert await cache.aput(f"k{i}", result(str(i)))
+            return int(reader.execute("SELECT COUNT(*) FROM responses WHERE key = ?", (f"k{i}",)).fetchone()[0])
+
+        try:
+            seen = await asyncio.gather(*(store(i) for i in range(50)))
+            assert not await cache.aput("bad", ChatResult(error="HTTP 500"))
+            return seen
+        finally:
+            reader.close()
+
+    with ResponseCache(path) as cache:
+        commit = cache._commit
+
+        def counting() -> None:
+            nonlocal commits
+            commits += 1
+            commit()
+
+        cache._commit = counting  # type: ignore[method-assign]
+        assert asyncio.run(go(cache)) == [1] * 50  # each aput returned after its row was committed
+        assert commits == 1 and len(cache) == 50  # the 50 results of one loop turn: one commit
+        assert cache.put("sync", result("s")) and "sync" in cache  # put commits at once
+    with ResponseCache(path) as again:
+        assert len(again) == 51 and again.get("k49") is not None
 
 
 def test_concurrent_writers_threads_and_processes(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from personaloom import rng
+from personaloom import prompts, rng
 from personaloom.backends.base import ChatResult
 from personaloom.config import SamplingConfig
 from personaloom.records import Conversation, Turn
@@ -47,6 +47,22 @@ def test_pairwise_request(expert: experts.Expert) -> None:
     assert '"better"' in system.content
     assert user.content.index("Conversation A") < user.content.index("Conversation B")
     assert 'User 2: "Hi, I just walked my dogs."' in user.content
+
+
+def test_judged_conversations_render_exactly_as_the_dialogue_macro() -> None:
+    """Prompts must stay byte-identical across versions (their hash is the cache key). The templates call the
+    memoised `dialogue` global; its text is the macro's, and each candidate reads the same in every expert."""
+    user = experts.build_pairwise_request("depth", A, B, S, 120, seed=3).messages[1].content
+    assert user == (
+        'Conversation A:\nUser 1: "Hi!"\nUser 2: "Hello."\nUser 1: "How are you?"\nUser 2: "Fine."\n\n'
+        'Conversation B:\nUser 1: "Hey there."\nUser 2: "Hi, I just walked my dogs."\nUser 1: "Nice, what breed?"\n'
+        'User 2: "Two beagles."'
+    )
+    faithful = experts.build_faithfulness_request(A, S, 3).messages[1].content
+    turns = 'User 1: "Hi!"\nUser 2: "Hello."\nUser 1: "How are you?"\nUser 2: "Fine."'
+    assert f"Conversation:\n{turns}\n\nAnswer:" in faithful
+    # Dict turns (as some templates get them) read the same as records.
+    assert prompts.dialogue([{"speaker": 1, "text": "Hi!"}]) == prompts.dialogue([Turn(speaker=1, text="Hi!")])
 
 
 def test_criteria_differ_per_expert() -> None:

@@ -71,6 +71,17 @@ def test_failed_results_pass_through() -> None:
 def test_plain_answers_are_untouched() -> None:
     raw = ChatResult(texts=["User 1: I think <b>this</b> is fine"], finish_reason="stop")
     assert normalize(raw, REQUEST).text == raw.text
+    # Without any marker character the result itself comes back (no copy per call); brackets that are not a
+    # marker still go through the full reader and come back unchanged.
+    plain = ChatResult(texts=["User 1: Hi!\nUser 2: Hello."], finish_reason="stop")
+    assert normalize(plain, REQUEST) is plain
+    for text in ("User 1: [laughs] fine", "User 1: a < b", "◁ not a marker"):
+        got = normalize(ChatResult(texts=[text], finish_reason="stop"), REQUEST)
+        assert got.ok and got.text == text
+    # The fast path never lets reasoning or a blank answer through.
+    assert normalize(ChatResult(texts=["<think>hm</think>Yes"], finish_reason="stop"), REQUEST).text == "Yes"
+    assert not normalize(ChatResult(texts=["ok", " "], finish_reason="stop"), REQUEST).ok
+    assert normalize(ChatResult(texts=["Yes"], reasoning=["hm"], finish_reason="stop"), REQUEST).reasoning is None
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,12 @@ def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 async def gather_all(awaitables: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Run coroutines concurrently; results in order. When one raises, the others are cancelled and
     that exception itself is raised (not an ExceptionGroup), so callers can catch BackendError."""
+    coros = list(awaitables)
+    if len(coros) == 1:  # nothing to run alongside: no task, no group (most steps send one request)
+        return [await coros[0]]
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(a) for a in awaitables]
+            tasks = [group.create_task(a) for a in coros]
     except BaseExceptionGroup as exc:
         raise _leaf(exc) from None
     return [t.result() for t in tasks]

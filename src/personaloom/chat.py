@@ -22,6 +22,10 @@ from pydantic import Field
 
 from personaloom.records import Record
 
+# Cache keys hash this canonical JSON; keys must stay byte-identical across versions (a changed key is a
+# cache miss: a resumed run would pay again). One encoder, built once.
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
 
 class Message(Record):
     role: Literal["system", "user", "assistant"]
@@ -75,12 +79,11 @@ class ChatRequest(Record):
         payload = {
             "backend": backend_kind,
             "model": model_id,
-            "messages": [m.model_dump() for m in self.messages],
+            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
             "params": self.params.model_dump(),
             "schema": self.json_schema,
         }
-        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return hashlib.sha256(_KEY_JSON.encode(payload).encode("utf-8")).hexdigest()
 
 
 class Usage(Record):

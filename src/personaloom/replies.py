@@ -44,6 +44,12 @@ THINKING_OFF = (
 )
 
 
+def _plain_answer(text: str) -> bool:
+    """True when `text` is non-blank and holds none of the characters every reasoning marker above
+    starts with: nothing to strip (three substring scans, no copy)."""
+    return bool(text) and not text.isspace() and "<" not in text and "[" not in text and "◁" not in text
+
+
 def split_reasoning(text: str) -> tuple[str, str]:
     """(reasoning, answer) of one reply's text. No reasoning markers: ("", text).
 
@@ -75,6 +81,8 @@ def normalize(result: ChatResult, request: ChatRequest) -> ChatResult:
     """
     if result.error is not None:
         return result
+    if result.reasoning is None and result.texts and all(_plain_answer(t) for t in result.texts):
+        return result  # the common case: nothing to strip, no copy
     answers: list[str] = []
     thought: list[str] = []
     fields = result.reasoning or []

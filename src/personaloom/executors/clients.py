@@ -40,6 +40,7 @@ class Clients:
         self.stop = stop
         self._cache: ResponseCache | None = None
         self._clients: dict[str, LLMClient] = {}
+        self._roles: dict[str, LLMClient] = {}
         self._endpoints: dict[tuple[str, str | None, str | None], Endpoint] = {}
         configs = [config.backend, *(e.backend for e in config.critic.experts.values() if e.backend is not None)]
         for bcfg in configs:
@@ -81,10 +82,13 @@ class Clients:
         return self.for_backend(self.config.backend)
 
     def role(self, name: str) -> LLMClient:
-        expert = self.config.critic.experts.get(name)
-        if expert is not None and expert.backend is not None:
-            return self.for_backend(expert.backend)
-        return self.main
+        client = self._roles.get(name)
+        if client is None:  # asked once per request: resolved once per role
+            expert = self.config.critic.experts.get(name)
+            own = expert.backend if expert is not None else None
+            client = self.for_backend(own) if own is not None else self.main
+            self._roles[name] = client
+        return client
 
     async def aclose(self) -> None:
         for client in self._clients.values():

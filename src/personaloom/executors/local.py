@@ -11,9 +11,10 @@ still generating. Backends hold no bound of their own; `backend.max_concurrency`
 can take at once (an in-process model: 1). Identical requests in flight at the same time are sent once.
 Every result, fresh or cached, goes through `replies.normalize` (reasoning removed; an empty or
 reasoning-only answer is a failed call, and a cached row that fails it is a miss), is committed to the
-cache as it arrives (successes only) and accounted with `stats.record_call`; when the first DEAD_AFTER
-calls of an invocation all fail, BackendError stops the run with the last server message. A rich progress
-display per stage (done/total, ETA, tokens/s) shows on stderr when it is a terminal.
+cache as it arrives (successes only; before its endpoint slot is free) and accounted with
+`stats.record_call`; when the first DEAD_AFTER calls of an invocation all fail, BackendError stops the run
+with the last server message. A rich progress display per stage (done/total, ETA, tokens/s) shows on
+stderr when it is a terminal.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ class LLM:
     def _key(self, request: ChatRequest) -> str:
         return request.cache_key(self.backend.kind, self.backend.model_id)
 
-    async def _call(self, request: ChatRequest) -> ChatResult:
+    async def _call(self, request: ChatRequest, key: str) -> ChatResult:
         async with self.endpoint.slot():
             if self.stop is not None and self.stop.requested:
                 return _SKIPPED  # not sent: the user asked the run to stop
@@ -264,11 +265,16 @@ class LLM:
                 results = [ChatResult(error=f"{type(exc).__name__}: {exc}", latency_s=elapsed)]
             finally:
                 self.in_flight -= 1
-        if len(results) == 1 and results[0].error is None and results[0].retries == 0:
-            self.endpoint.succeeded()
-        if len(results) != 1:
-            return ChatResult(error=f"backend returned {len(results)} results for one request")
-        return normalize(results[0], request)
+            if len(results) == 1 and results[0].error is None and results[0].retries == 0:
+                self.endpoint.succeeded()
+            if len(results) != 1:
+                return ChatResult(error=f"backend returned {len(results)} results for one request")
+            result = normalize(results[0], request)
+            # Committed before the slot is free: requests sent and not yet cached never exceed the bound, so
+            # a killed run pays again for at most `concurrency` calls.
+            if self.cache is not None:
+                await self.cache.aput(key, result)
+        return result
 
     def _account(self, request: ChatRequest, result: ChatResult) -> None:
         """Stats and progress for one result; BackendError when the first DEAD_AFTER calls all failed."""
@@ -303,9 +309,7 @@ class LLM:
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            result = await self._call(request)
-            if self.cache is not None and result is not _SKIPPED:
-                self.cache.put(key, result)
+            result = await self._call(request, key)
         except BaseException as exc:
             if not future.done():
                 if isinstance(exc, Exception):

@@ -8,7 +8,7 @@ instructions, fake "User 1:" lines or JSON inside a persona cannot change the pr
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
@@ -24,6 +24,18 @@ def quoted(text: str) -> str:
 
 def persona_block(attributes: list[str]) -> str:
     return "\n".join(f"- {quoted(a)}" for a in attributes)
+
+
+def dialogue(turns: Sequence[Any]) -> str:
+    """critic_conversation.j2's `dialogue` macro (templates call it as a global), memoised by the turns'
+    (speaker, text): each candidate is shown to every expert, several times to the pairwise ones."""
+    return _dialogue(tuple((t["speaker"], t["text"]) if isinstance(t, dict) else (t.speaker, t.text) for t in turns))
+
+
+@lru_cache(maxsize=4096)  # a pair's candidates, for the time its Critic takes
+def _dialogue(turns: tuple[tuple[int, str], ...]) -> str:
+    macro = _env().get_template("critic_conversation.j2").module.dialogue  # type: ignore[attr-defined]
+    return str(macro([{"speaker": speaker, "text": text} for speaker, text in turns]))
 
 
 def _load(name: str) -> str:
@@ -42,6 +54,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["quoted"] = quoted
     env.filters["persona_block"] = persona_block
+    env.globals["dialogue"] = dialogue
     return env
 
 

@@ -62,6 +62,27 @@ def _example_dialogue(conv: Conversation, max_turns: int | None) -> str:
     return render_dialogue([Turn(speaker=t.speaker, text=normalise(t.text)) for t in turns])
 
 
+# Few-shot examples come from one pool (seeds + recent winners) and each is shown to many pairs: their
+# rendered messages are kept per example object (identity: the pool's records are never mutated), so a
+# run renders each example once, not once per pair. Bounded: cleared when it outgrows any pool.
+_EXAMPLE_MEMO_MAX = 8192
+_example_memo: dict[tuple[int, int | None], tuple[Conversation, str, str]] = {}
+
+
+def _example_messages(ex: Conversation, max_turns: int | None) -> tuple[str, str]:
+    """(pair message, dialogue) of a few-shot example, as build_messages shows it."""
+    key = (id(ex), max_turns)
+    hit = _example_memo.get(key)
+    if hit is not None and hit[0] is ex:
+        return hit[1], hit[2]
+    if len(_example_memo) >= _EXAMPLE_MEMO_MAX:
+        _example_memo.clear()
+    pair_message = _pair_message(ex.user1_persona, ex.user2_persona, (ex.user1_traits, ex.user2_traits))
+    dialogue = _example_dialogue(ex, max_turns)
+    _example_memo[key] = (ex, pair_message, dialogue)
+    return pair_message, dialogue
+
+
 def _pair_message(
     user1: list[str],
     user2: list[str],
@@ -113,9 +134,9 @@ def build_messages(
     system = render("generator.j2", min_utterances=cfg.min_utterances, language=lang, met_before=session is not None)
     messages = [Message(role="system", content=system)]
     for ex in shots:
-        content = _pair_message(ex.user1_persona, ex.user2_persona, (ex.user1_traits, ex.user2_traits))
+        content, dialogue = _example_messages(ex, cfg.example_max_turns)
         messages.append(Message(role="user", content=content))
-        messages.append(Message(role="assistant", content=_example_dialogue(ex, cfg.example_max_turns)))
+        messages.append(Message(role="assistant", content=dialogue))
     target = _pair_message(
         pair.user1_persona, pair.user2_persona, (pair.user1_traits, pair.user2_traits), lang, session
     )

@@ -132,8 +132,9 @@ def _problem(result: ChatResult) -> str | None:
     return None
 
 
-def _stamp(verdict: Verdict, conv: Conversation) -> Verdict:
-    return verdict.model_copy(update={"pair_id": conv.pair_id, "iteration": conv.iteration})
+def _verdict(conv: Conversation, **fields: Any) -> Verdict:
+    """A verdict about `conv`, stamped with its id, pair and iteration."""
+    return Verdict(conversation_id=conv.id, pair_id=conv.pair_id, iteration=conv.iteration, **fields)
 
 
 # ---- quality experts, pairwise -------------------------------------------------------------
@@ -163,14 +164,8 @@ def parse_pairwise(expert: str, a: Conversation, b: Conversation, result: ChatRe
     decision_b = {"A": "lose", "B": "win", "tie": "tie"}[better]
     shown = f"[shown as A={a.id}, B={b.id}; answer {better}] {rationale}".strip()
     return [
-        _stamp(
-            Verdict(conversation_id=a.id, expert=expert, decision=decision_a, rationale=shown, opponent_id=b.id),
-            a,
-        ),
-        _stamp(
-            Verdict(conversation_id=b.id, expert=expert, decision=decision_b, rationale=shown, opponent_id=a.id),
-            b,
-        ),
+        _verdict(a, expert=expert, decision=decision_a, rationale=shown, opponent_id=b.id),
+        _verdict(b, expert=expert, decision=decision_b, rationale=shown, opponent_id=a.id),
     ]
 
 
@@ -225,9 +220,7 @@ def parse_listwise(expert: str, convs: list[Conversation], result: ChatResult) -
     verdicts = []
     for label, conv in zip(labels, convs, strict=True):
         rank = order.index(label) + 1 if label in order else len(order) + 1
-        verdicts.append(
-            _stamp(Verdict(conversation_id=conv.id, expert=expert, decision="rank", rank=rank, rationale=note), conv)
-        )
+        verdicts.append(_verdict(conv, expert=expert, decision="rank", rank=rank, rationale=note))
     return verdicts
 
 
@@ -241,7 +234,7 @@ def _pass_or_reject(
         return abstain(conv, expert, parsed)
     label, rationale = parsed
     decision = "pass" if label == labels[0] else "reject"
-    return _stamp(Verdict(conversation_id=conv.id, expert=expert, decision=decision, rationale=rationale), conv)
+    return _verdict(conv, expert=expert, decision=decision, rationale=rationale)
 
 
 # ---- faithfulness ----------------------------------------------------------------------------
@@ -332,15 +325,12 @@ def parse_traits(conv: Conversation, result: ChatResult, min_agreement: float = 
     obj = json_object(result.text) or {}
     rationale = " ".join(str(obj.get("rationale", "")).split())[:400]
     decision = "pass" if rate is not None and rate >= min_agreement else "reject"
-    return _stamp(
-        Verdict(
-            conversation_id=conv.id,
-            expert="traits",
-            decision=decision,
-            rationale=f"{matches} of {judged} levels as set. {rationale}".strip(),
-            reading={**parsed, "agreement": None if rate is None else round(rate, 4)},
-        ),
+    return _verdict(
         conv,
+        expert="traits",
+        decision=decision,
+        rationale=f"{matches} of {judged} levels as set. {rationale}".strip(),
+        reading={**parsed, "agreement": None if rate is None else round(rate, 4)},
     )
 
 
