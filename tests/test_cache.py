@@ -4,6 +4,7 @@ entries committed before a SIGKILL survive it, and a second identical run pays z
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -12,6 +13,8 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+
+import pytest
 
 from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams, Usage
 from personaloom.backends.cache import ResponseCache
@@ -198,3 +201,28 @@ def test_second_identical_run_makes_zero_calls(tmp_path: Path) -> None:
     assert second_stats.llm["prompt_tokens"] == 0 and second_backend.requests == []
     assert second_stats.to_dict()["stages"]["generate"]["cache_hits"] == 10
     assert [r.texts for r in second] == [r.texts for r in first] and all(r.cached for r in second)
+
+
+def test_a_batch_left_by_an_ended_loop_is_committed_later(tmp_path: Path) -> None:
+    """A loop that ends before its commit turn (an error, a stop) leaves its rows pending: the next aput in
+    another loop commits them (close() would too)."""
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path)
+    pending: list[asyncio.Task[bool]] = []
+
+    async def leave_pending() -> None:
+        pending.append(asyncio.ensure_future(cache.aput("early", result("e"))))
+        await asyncio.sleep(0)  # the row is inserted, its commit scheduled for the next turn...
+        asyncio.get_running_loop().stop()  # ...which never comes
+        await asyncio.sleep(1)
+
+    loop = asyncio.new_event_loop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        loop.run_until_complete(leave_pending())
+    pending[0].cancel()
+    loop.close()
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        assert reader.execute("SELECT COUNT(*) FROM responses").fetchone() == (0,)  # not committed yet
+        assert asyncio.run(cache.aput("later", result("l")))
+        assert reader.execute("SELECT COUNT(*) FROM responses").fetchone() == (2,)
+    cache.close()

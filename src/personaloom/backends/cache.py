@@ -120,7 +120,8 @@ class ResponseCache:
                     self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 error = OutputError(f"{self.path}: cannot write response cache ({exc})")
-        if batch is not None and not batch.done():
+        # A batch whose loop has ended has no waiters left to release (and a closed loop takes no callback).
+        if batch is not None and not batch.done() and not batch.get_loop().is_closed():
             if error is None:
                 batch.set_result(None)
             else:
