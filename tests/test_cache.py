@@ -107,10 +107,10 @@ def test_aput_returns_committed_and_shares_one_commit_per_loop_turn(tmp_path: Pa
     with ResponseCache(path) as cache:
         commit = cache._commit
 
-        def counting() -> None:
+        def counting(raise_error: bool = True) -> None:
             nonlocal commits
             commits += 1
-            commit()
+            commit(raise_error)
 
         cache._commit = counting  # type: ignore[method-assign]
         assert asyncio.run(go(cache)) == [1] * 50  # each aput returned after its row was committed

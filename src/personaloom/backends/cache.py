@@ -89,7 +89,7 @@ class ResponseCache:
             return False
         if self._batch is None:
             self._batch, self._batch_loop = loop.create_future(), loop
-            loop.call_soon(self._commit)
+            loop.call_soon(self._commit, False)  # its waiters raise a failed commit themselves
         await asyncio.shield(self._batch)  # cancelled or not, the row is committed with its batch
         return True
 
@@ -110,8 +110,9 @@ class ResponseCache:
                 raise OutputError(f"{self.path}: cannot write response cache ({exc})") from None
         return True
 
-    def _commit(self) -> None:
-        """Commit what is pending (in autocommit mode a lone put already is) and release its batch's waiters."""
+    def _commit(self, raise_error: bool = True) -> None:
+        """Commit what is pending (in autocommit mode a lone put already is) and release its batch's waiters.
+        Raises OutputError when the commit fails (unless `raise_error` is False: then only the waiters do)."""
         batch, self._batch, self._batch_loop = self._batch, None, None
         error: OutputError | None = None
         with self._lock:
@@ -127,7 +128,7 @@ class ResponseCache:
             else:
                 batch.set_exception(error)
                 batch.exception()  # retrieved here: each waiter raises it
-        if error is not None and batch is None:
+        if error is not None and raise_error:
             raise error
 
     def __contains__(self, key: object) -> bool:
