@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import sqlite3
@@ -15,6 +17,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from personaloom.backends.base import ChatRequest, ChatResult, Message, SamplingParams, Usage
 from personaloom.backends.cache import ResponseCache
@@ -226,3 +230,24 @@ def test_a_batch_left_by_an_ended_loop_is_committed_later(tmp_path: Path) -> Non
         assert asyncio.run(cache.aput("later", result("l")))
         assert reader.execute("SELECT COUNT(*) FROM responses").fetchone() == (2,)
     cache.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    contents=st.lists(st.text(), min_size=1, max_size=4),
+    kind=st.text(min_size=1, max_size=8),
+    model=st.text(max_size=12),
+    seed=st.integers(0, 2**31 - 1),
+    stop=st.lists(st.text(max_size=4), max_size=2),
+    schema=st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)),
+)
+def test_key_is_the_digest_of_the_canonical_json(
+    contents: list[str], kind: str, model: str, seed: int, stop: list[str], schema: dict[str, int] | None
+) -> None:
+    """The key, built from parts with each message's JSON memoised, equals sha256 of json.dumps of the whole."""
+    messages = [Message(role=("user", "assistant", "system")[i % 3], content=c) for i, c in enumerate(contents)]
+    request = ChatRequest(messages=messages, params=SamplingParams(seed=seed, stop=stop), json_schema=schema)
+    payload = {"backend": kind, "model": model, "messages": [m.model_dump() for m in messages],
+               "params": request.params.model_dump(), "schema": schema}
+    canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert request.cache_key(kind, model) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()

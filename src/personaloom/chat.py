@@ -13,6 +13,7 @@ stages can all depend on it without cycles.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -25,6 +26,11 @@ from personaloom.records import Record
 # Cache keys hash this canonical JSON; keys must stay byte-identical across versions (a changed key is a
 # cache miss: a resumed run would pay again). One encoder, built once.
 _KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _message_json(role: str, content: str) -> str:
+    return _KEY_JSON.encode({"role": role, "content": content})
 
 
 class Message(Record):
@@ -76,14 +82,16 @@ class ChatRequest(Record):
 
     def cache_key(self, backend_kind: str, model_id: str) -> str:
         """Hash of everything that determines the reply (backend kind, model, messages, params, schema)."""
-        payload = {
-            "backend": backend_kind,
-            "model": model_id,
-            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
-            "params": self.params.model_dump(),
-            "schema": self.json_schema,
-        }
-        return hashlib.sha256(_KEY_JSON.encode(payload).encode("utf-8")).hexdigest()
+        # The JSON of {"backend", "messages", "model", "params", "schema"} with sorted keys, built from parts so
+        # that a message shared by many requests (a system prompt, the few-shot turns of a pair's candidates)
+        # is encoded once.
+        encode = _KEY_JSON.encode
+        messages = ",".join(_message_json(m.role, m.content) for m in self.messages)
+        blob = (
+            f'{{"backend":{encode(backend_kind)},"messages":[{messages}],"model":{encode(model_id)},'
+            f'"params":{encode(self.params.model_dump())},"schema":{encode(self.json_schema)}}}'
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 class Usage(Record):

@@ -405,13 +405,14 @@ async def _build_one(
         cand = r.randrange(len(attributes))
         if cand in chosen:
             continue
-        if chosen and float((emb[chosen] @ emb[cand]).max()) > cfg.redundancy_threshold:
+        sims = (emb[chosen] @ emb[cand]).tolist() if chosen else []  # cosine to each chosen attribute
+        if chosen and max(sims) > cfg.redundancy_threshold:
             rejections["redundant"] += 1
             continue
         # The listwise judge sees only attributes on a related topic (the rest cannot contradict it); the
         # paper's pairwise judge and the cross-encoder judge every pair, as before.
         gate = cfg.topic_threshold if cfg.nli == "llm" else -1.0
-        related = [i for i in chosen if float(emb[i] @ emb[cand]) >= gate]
+        related = [i for i, sim in zip(chosen, sims, strict=True) if sim >= gate]
         verdicts = await judge.contradicts(attributes[cand], [attributes[i] for i in related])
         if any(v is True for v in verdicts):
             rejections["inconsistent"] += 1
