@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from personaloom.dialogue import has_slot, parse_dialogue, split_prefix
 from personaloom.errors import ConfigError
@@ -14,6 +16,7 @@ from personaloom.stages.critic.format_expert import check_format
 from personaloom.text import (
     LANGUAGES,
     identify,
+    is_near_duplicate,
     language_name,
     language_share,
     parse_language,
@@ -245,3 +248,17 @@ def test_format_expert_passes_clean_dialogues(code: str) -> None:
     parsed = parse_dialogue(DIALOGUES[code])
     c = Conversation(id=code, user1_persona=[], user2_persona=[], turns=parsed.turns)
     assert check_format(c, min_utterances=4).decision == "pass"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    words=st.frozensets(st.integers(0, 20).map(str), max_size=20),
+    earlier=st.lists(st.frozensets(st.integers(0, 20).map(str), max_size=20), max_size=4),
+    threshold=st.sampled_from([0.0, 0.3, 0.5, 0.6, 0.7, 0.9, 1.0]),
+)
+def test_near_duplicate_size_shortcut_changes_no_answer(
+    words: frozenset[str], earlier: list[frozenset[str]], threshold: float
+) -> None:
+    """Skipping sets of too different sizes is exact: the answer is the plain Jaccard rule's."""
+    plain = len(words) >= 5 and any(o and len(words & o) / len(words | o) >= threshold for o in earlier)
+    assert is_near_duplicate(words, earlier, threshold) == plain

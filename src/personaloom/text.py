@@ -58,9 +58,15 @@ def word_set(text: str) -> frozenset[str]:
 
 def is_near_duplicate(words: frozenset[str], earlier: list[frozenset[str]], threshold: float = NEAR_DUPLICATE) -> bool:
     """Whether `words` (>= 5 of them) overlaps any earlier word set by Jaccard >= threshold."""
-    if len(words) < 5:
+    n = len(words)
+    if n < 5:
         return False
-    return any(o and len(words & o) / len(words | o) >= threshold for o in earlier)
+    # Jaccard <= min(n, m) / max(n, m) (also in floating point: division rounds monotonically), so sets of too
+    # different sizes are skipped before any set operation.
+    return any(
+        o and min(n, len(o)) / max(n, len(o)) >= threshold and len(words & o) / len(words | o) >= threshold
+        for o in earlier
+    )
 
 
 _SCRIPTS = (
