@@ -28,6 +28,7 @@ Prefixes are recognised by parsing, never by cutting a fixed number of character
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -117,13 +118,22 @@ def _is_slot(kind: str, content: str) -> bool:
 
 def find_slots(text: str) -> list[str]:
     """The template slots in `text`, brackets included ("[name]", "(city)"); DESIGN.md §3."""
-    return [m.group(0) for m in _BRACKETED.finditer(text) if _is_slot(*_inside(m))]
+    return list(_slots(text))
+
+
+# Memoised: the generator's trim, its defect list and the format expert each ask about every utterance.
+@functools.lru_cache(maxsize=16384)
+def _slots(text: str) -> tuple[str, ...]:
+    if "[" not in text and "(" not in text and "{" not in text and "<" not in text:
+        return ()  # no opening bracket _BRACKETED could match
+    return tuple(m.group(0) for m in _BRACKETED.finditer(text) if _is_slot(*_inside(m)))
 
 
 def has_slot(text: str) -> bool:
-    return bool(find_slots(text))
+    return bool(_slots(text))
 
 
+@functools.lru_cache(maxsize=16384)
 def is_stage_direction(line: str) -> bool:
     """A line (or an utterance) that is one bracketed narrative phrase, not a slot: "[Later that week]",
     "(The next day)", "(laughs)". Asides inside an utterance ("Ha (laughs) yes") are ordinary text."""

@@ -34,7 +34,7 @@ def dialogue(turns: Sequence[Any]) -> str:
 
 @lru_cache(maxsize=4096)  # a pair's candidates, for the time its Critic takes
 def _dialogue(turns: tuple[tuple[int, str], ...]) -> str:
-    macro = _env().get_template("critic_conversation.j2").module.dialogue  # type: ignore[attr-defined]
+    macro = _template("critic_conversation.j2").module.dialogue  # type: ignore[attr-defined]
     return str(macro([{"speaker": speaker, "text": text} for speaker, text in turns]))
 
 
@@ -69,7 +69,12 @@ def _env() -> jinja2.Environment:
 
 def render(name: str, **variables: Any) -> str:
     """Render prompts/<name> (e.g. "generator.j2") with the given variables."""
-    return _env().get_template(name).render(**variables).strip()
+    return _template(name).render(**variables).strip()
+
+
+@cache  # the package's templates never change while it runs: no loader look-up or freshness check per render
+def _template(name: str) -> jinja2.Template:
+    return _env().get_template(name)
 
 
 def render_fixed(name: str, **settings: Hashable) -> str:
