@@ -51,6 +51,7 @@ class ResponseCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process (not a power cut) and avoids an fsync per put.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-65536")
             self._db.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise OutputError(f"{self.path}: cannot open response cache ({exc})") from None

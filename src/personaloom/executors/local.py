@@ -151,8 +151,9 @@ class Endpoint:
         self.limit = min(self.limit, self.ceiling)
         self.lowest = min(self.lowest, self.limit)
 
-    def _bind(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
+    def _bind(self, running: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+        # The caller's loop when it knows it: get_running_loop() is a system call (getpid) on Python 3.11.
+        loop = running or asyncio.get_running_loop()
         if self._loop is not loop:
             # State is per event loop: `LLM.run()` uses a fresh loop per call.
             self._loop, self.in_flight, self._resume_at = loop, 0, 0.0
@@ -186,9 +187,10 @@ class Endpoint:
             self._wake()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the endpoint's `limit` slots (after the server's Retry-After, if it gave one)."""
-        loop = self._bind()
+    async def slot(self, running: asyncio.AbstractEventLoop | None = None) -> AsyncIterator[None]:
+        """Hold one of the endpoint's `limit` slots (after the server's Retry-After, if it gave one).
+        `running`: the running event loop, when the caller has it at hand."""
+        loop = self._bind(running)
         while (wait := self._resume_at - loop.time()) > 0:
             await asyncio.sleep(wait)
         if self.in_flight < self.limit and not self._waiters:
@@ -251,7 +253,7 @@ class LLM:
         return request.cache_key(self.backend.kind, self.backend.model_id)
 
     async def _call(self, request: ChatRequest, key: str) -> ChatResult:
-        async with self.endpoint.slot():
+        async with self.endpoint.slot(self._loop):
             if self.stop is not None and self.stop.requested:
                 return _SKIPPED  # not sent: the user asked the run to stop
             self.in_flight += 1
@@ -306,7 +308,8 @@ class LLM:
         if hit is not None:
             self._account(request, hit)
             return hit
-        future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None  # set by complete(), the only caller
+        future: asyncio.Future[ChatResult] = self._loop.create_future()
         self._pending[key] = future
         try:
             result = await self._call(request, key)
