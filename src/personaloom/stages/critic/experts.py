@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from personaloom import rng
@@ -140,12 +141,23 @@ def _verdict(conv: Conversation, **fields: Any) -> Verdict:
 # ---- quality experts, pairwise -------------------------------------------------------------
 
 
+def _lines(conv: Conversation) -> tuple[tuple[int, str], ...]:
+    return tuple((t.speaker, t.text) for t in conv.turns)
+
+
+@lru_cache(maxsize=1024)  # the same two candidates, in the same order, are shown to every quality expert
+def _pairwise_user(a: tuple[tuple[int, str], ...], b: tuple[tuple[int, str], ...]) -> str:
+    shown = (("A", a), ("B", b))
+    items = [{"label": label, "turns": [{"speaker": s, "text": t} for s, t in turns]} for label, turns in shown]
+    return render("critic_quality_user.j2", items=items)
+
+
 def build_pairwise_request(
     expert: str, a: Conversation, b: Conversation, sampling: Sampling, max_tokens: int, seed: int
 ) -> ChatRequest:
     """Ask `expert` which of A (= a) and B (= b) is better. The caller picks the order."""
     system = render_fixed(f"critic_{expert}.j2", mode="pairwise", labels=("A", "B"))
-    user = render("critic_quality_user.j2", items=[{"label": "A", "turns": a.turns}, {"label": "B", "turns": b.turns}])
+    user = _pairwise_user(_lines(a), _lines(b))
     params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of(expert), a.id, b.id))
     return _request(system, user, PAIRWISE_SCHEMA, params, expert, f"{a.id}|{b.id}")
 
