@@ -187,3 +187,42 @@ def test_map_window_bounds_items_in_flight_keeps_order_and_stops_on_the_first_er
     assert running == 0  # the started ones ended first
     assert 40 in started and len(started) < 100  # nothing new after the error
     assert asyncio.run(map_window(work, 0, 7)) == []
+
+
+def test_report_counts_from_the_round_summary_equal_a_scan_of_its_files(tmp_path: Path) -> None:
+    """The round writer tallies each expert's decisions and rejected conversations in summary.json; the report
+    reads them there (a 20k-pair round has 780k verdict lines) and gets what a scan of verdicts.jsonl gives."""
+    from personaloom.evaluate.report import load_run_info
+    from personaloom.records import Failure, Turn, Verdict
+    from personaloom.stages.iteration import _RoundWriter
+    from personaloom.stats import Stats
+
+    rnd = random.Random(5)
+    folder = tmp_path / "run" / "iterations" / "1"
+    folder.mkdir(parents=True)
+    with _RoundWriter(folder, 1) as writer:
+        for p in range(30):
+            convs = [Conversation(id=f"p{p}-c{c}", user1_persona=["a"], user2_persona=["b"], pair_id=f"p{p}",
+                                  turns=[Turn(speaker=1, text="Hi"), Turn(speaker=2, text="Hey")]) for c in range(3)]
+            verdicts = [Verdict(conversation_id=c.id, expert=e, decision=rnd.choice(["pass", "reject", "abstain"]),
+                                reasons=["too_short"] if e == "format" else None)
+                        for c in convs for e in ("format", "toxicity")]
+            verdicts += [Verdict(conversation_id=convs[0].id, expert="toxicity", decision="reject")]  # twice
+            verdicts += [Verdict(conversation_id=convs[1].id, expert="depth", decision=d, opponent_id=convs[2].id)
+                         for d in ("win", "tie")]
+            outcome = PairOutcome(f"p{p}", 1, candidates=convs, verdicts=verdicts,
+                                  selected=convs[0] if p % 3 else None)
+            if p % 7 == 0:
+                outcome.failures.append(Failure(stage="generate", item_id=f"p{p}-c9", reason="empty"))
+            writer.add(Pair(id=f"p{p}", user1_persona=["a"], user2_persona=["b"]), outcome)
+        writer.finish(Stats(), partial=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["decisions"]["toxicity"]["reject"] >= 30 and summary["rejected_conversations"]["toxicity"] >= 30
+    from_summary = load_run_info(tmp_path / "run")
+    for key in ("decisions", "rejected_conversations"):  # as an earlier version wrote it: scan the files
+        summary.pop(key)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    scanned = load_run_info(tmp_path / "run")
+    assert from_summary is not None and scanned is not None
+    assert from_summary.iterations == scanned.iterations and from_summary.iterations[1]["candidates"] == 90
+    assert {e: dict(c) for e, c in from_summary.verdicts.items()} == {e: dict(c) for e, c in scanned.verdicts.items()}

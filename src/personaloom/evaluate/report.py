@@ -86,6 +86,23 @@ def _count(rows: Iterable[object]) -> int:
     return sum(1 for _ in rows)
 
 
+def _from_summary(folder: Path, k: int, info: RunInfo) -> bool:
+    """Round k's counts from its summary.json, when it has them (runs since the round writer counts decisions);
+    False to read its files instead."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        decisions, rejected = summary["decisions"], summary["rejected_conversations"]
+        counts = {"candidates": int(summary["candidates"]), "kept": int(summary["kept"])}
+        tally = {str(e): Counter({str(d): int(n) for d, n in by.items()}) for e, by in decisions.items()}
+        rejected_by = {str(e): int(n) for e, n in sorted(rejected.items())}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    for expert, by_decision in tally.items():
+        info.verdicts.setdefault(expert, Counter()).update(by_decision)
+    info.iterations[k] = {**counts, "rejected": rejected_by}
+    return True
+
+
 def load_run_info(run_dir: Path) -> RunInfo | None:
     """RunInfo from a run directory, or None when it has neither iterations/ nor stats.json."""
     iterations_dir = run_dir / "iterations"
@@ -97,6 +114,8 @@ def load_run_info(run_dir: Path) -> RunInfo | None:
         folders = [p for p in iterations_dir.iterdir() if p.is_dir() and p.name.isdigit()]
         for folder in sorted(folders, key=lambda p: int(p.name)):
             k = int(folder.name)
+            if _from_summary(folder, k, info):
+                continue
             rejected_ids: dict[str, set[str]] = {}
             for v in _read_jsonl(folder / "verdicts.jsonl", info):
                 expert, decision = str(v.get("expert", "?")), str(v.get("decision", "?"))

@@ -168,6 +168,9 @@ class _RoundWriter:
         self.pairs = self.candidates = self.kept = 0
         self.failures: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        # What the report shows per expert, so that it need not re-read every verdict (780k lines at 20k pairs).
+        self.decisions: dict[str, Counter[str]] = {}
+        self.rejected_conversations: Counter[str] = Counter()
         self.tokens: dict[str, TokenCount] = {}
 
     def __enter__(self) -> _RoundWriter:
@@ -201,12 +204,19 @@ class _RoundWriter:
         self.candidates += len(outcome.candidates)
         self.failures.update(f.reason for f in failures)
         self.rejected.update(rejections(outcome.verdicts))
+        for v in outcome.verdicts:
+            self.decisions.setdefault(v.expert, Counter())[v.decision] += 1
+        self.rejected_conversations.update(
+            expert for expert, _ in {(v.expert, v.conversation_id) for v in outcome.verdicts if v.decision == "reject"}
+        )
         add_tokens(self.tokens, outcome.tokens)
 
     def finish(self, stats: Stats, partial: bool) -> dict[str, Any]:
         summary: dict[str, Any] = {
             "pairs": self.pairs, "candidates": self.candidates, "kept": self.kept,
             "failures": sum(self.failures.values()), "rejected": dict(self.rejected),
+            "decisions": {e: dict(sorted(c.items())) for e, c in sorted(self.decisions.items())},
+            "rejected_conversations": dict(sorted(self.rejected_conversations.items())),
             "tokens": {r: t.model_dump() for r, t in sorted(self.tokens.items())},
         }
         if partial:
