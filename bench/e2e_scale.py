@@ -18,6 +18,9 @@ candidates, `--pairs N`, profiles 2N), `backend.concurrency` = slots, against th
 - cpu_ms_per_call: personaloom's own CPU per LLM call (everything but the HTTP transport): the same work as
   one `personaloom run --backend fake` (in-process scripted model; start-up, embeddings, dataset and report
   included), user + system CPU / calls. The CPU per call over HTTP (client transport included) is printed too.
+  So is the split of that CPU into a fixed part and a part per call, from a second fake run of `--small`
+  pairs: per call = (CPU(N) - CPU(small)) / (calls(N) - calls(small)); fixed = the rest (start-up, imports
+  of torch / sentence-transformers / scikit-learn / matplotlib, the embedding model, the report's figures).
 
     .venv/bin/python bench/e2e_scale.py --pairs 2000 [--slots 256] [--per-token 0.02] [--keep DIR]
 """
@@ -73,10 +76,11 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05, help="seconds per request before the first token")
     ap.add_argument("--per-token", type=float, default=0.02, help="seconds per reply word (one sequence)")
     ap.add_argument("--sigma", type=float, default=0.3)
+    ap.add_argument("--small", type=int, default=100, help="pairs of the run that measures the fixed CPU")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="e2e-scale-"))
-    for sub in ("http", "fake"):
+    for sub in ("http", "fake", "fake-small"):
         shutil.rmtree(root / sub, ignore_errors=True)
     print(f"settings: {args.pairs} pairs (profiles {2 * args.pairs + 1}), 3 candidates, 1 iteration; server "
           f"{args.slots} slots, latency {args.latency:g} s + {args.per_token:g} s/word x lognormal({args.sigma:g}); "
@@ -89,6 +93,12 @@ def main() -> None:
     cpu_ms = 1000 * fake_cpu / fake_calls
     print(f"in-process fake backend: {fake_calls:,} calls, CPU {fake_cpu:.1f} s = {cpu_ms:.3f} ms per call, "
           f"peak RSS {peak_fake:.0f} MB", flush=True)
+    _, small_cpu, _ = run("run", ["--pairs", str(args.small), "--candidates", "3", "--iterations", "1"],
+                          root / "fake-small", ["--backend", "fake"])
+    small_calls, _ = calls_of(root / "fake-small")
+    slope = (fake_cpu - small_cpu) / max(1, fake_calls - small_calls)
+    print(f"split: {args.small} pairs take {small_calls:,} calls and {small_cpu:.1f} s CPU; per call "
+          f"{1000 * slope:.3f} ms, fixed {fake_cpu - slope * fake_calls:.1f} s", flush=True)
 
     # 2. Over HTTP against the emulated pool.
     window = ideal = wall = cpu_http = 0.0

@@ -232,6 +232,44 @@ def test_a_batch_left_by_an_ended_loop_is_committed_later(tmp_path: Path) -> Non
     cache.close()
 
 
+def test_gets_of_one_loop_turn_share_a_read_transaction_and_never_block_a_write(tmp_path: Path) -> None:
+    """The executor's gets (given the running loop) read inside one transaction per loop turn: the next turn
+    sees what another process committed meanwhile, and a write after such a read in the same turn starts
+    from the newest state instead of failing to upgrade the old snapshot ("database is locked")."""
+    path = tmp_path / "cache.sqlite"
+    other = sqlite3.connect(path, isolation_level=None)  # another process's connection
+    cache = ResponseCache(path, busy_timeout_ms=2000)
+    other.execute("PRAGMA busy_timeout=2000")
+
+    def other_writes(key: str) -> None:
+        other.execute("INSERT INTO responses (key, result, created) VALUES (?, ?, 0)",
+                      (key, result(key).model_dump_json()))
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        assert cache.get("a", loop) is None and cache._db.in_transaction  # the turn's read transaction
+        other_writes("a")
+        assert cache.get("a", loop) is None  # the same turn: the snapshot of its first read
+        assert await cache.aput("mine", result("m"))  # a write in that turn: no "database is locked"
+        hit = cache.get("a", loop)  # a later turn: the other's row is there
+        assert hit is not None and hit.cached and hit.texts == ["a"]
+        await asyncio.sleep(0)
+        assert not cache._db.in_transaction  # committed at the turn's end
+        other_writes("b")
+
+    asyncio.run(go())
+    assert cache.get("b") is not None and cache.get("mine") is not None
+    # A read transaction left by a loop that ended before its turn's commit: a later read commits it first.
+    loop = asyncio.new_event_loop()
+    assert cache.get("c", loop) is None and cache._db.in_transaction
+    loop.close()
+    other_writes("c")
+    assert "c" in cache and cache.get("c") is not None and not cache._db.in_transaction
+    assert other.execute("SELECT COUNT(*) FROM responses").fetchone() == (4,)
+    cache.close()
+    other.close()
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     contents=st.lists(st.text(), min_size=1, max_size=4),

@@ -295,7 +295,7 @@ class LLM:
 
     async def _one(self, request: ChatRequest) -> ChatResult:
         key = self._key(request)
-        hit = self.cache.get(key) if self.cache is not None else None
+        hit = self.cache.get(key, self._loop) if self.cache is not None else None
         if hit is not None:
             # Read through the same normaliser: a row an older version cached (an empty or
             # reasoning-only reply) is a miss, never an answer.
