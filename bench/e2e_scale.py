@@ -22,7 +22,7 @@ candidates, `--pairs N`, profiles 2N), `backend.concurrency` = slots, against th
   pairs: per call = (CPU(N) - CPU(small)) / (calls(N) - calls(small)); fixed = the rest (start-up, imports
   of torch / sentence-transformers / scikit-learn / matplotlib, the embedding model, the report's figures).
 
-    .venv/bin/python bench/e2e_scale.py --pairs 2000 [--slots 256] [--per-token 0.02] [--keep DIR]
+    .venv/bin/python bench/e2e_scale.py --pairs 2000 [--slots 256] [--per-token 0.02] [--cpu-only] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--per-token", type=float, default=0.02, help="seconds per reply word (one sequence)")
     ap.add_argument("--sigma", type=float, default=0.3)
     ap.add_argument("--small", type=int, default=100, help="pairs of the run that measures the fixed CPU")
+    ap.add_argument("--cpu-only", action="store_true", help="only the fake-backend runs (last line: cpu_ms_per_call=)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="e2e-scale-"))
@@ -99,6 +100,9 @@ def main() -> None:
     slope = (fake_cpu - small_cpu) / max(1, fake_calls - small_calls)
     print(f"split: {args.small} pairs take {small_calls:,} calls and {small_cpu:.1f} s CPU; per call "
           f"{1000 * slope:.3f} ms, fixed {fake_cpu - slope * fake_calls:.1f} s", flush=True)
+    if args.cpu_only:
+        print(f"cpu_ms_per_call={cpu_ms:.3f}")
+        return
 
     # 2. Over HTTP against the emulated pool.
     window = ideal = wall = cpu_http = 0.0
