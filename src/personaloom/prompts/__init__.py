@@ -26,10 +26,15 @@ def persona_block(attributes: list[str]) -> str:
     return "\n".join(f"- {quoted(a)}" for a in attributes)
 
 
+def turn_lines(turns: Sequence[Any]) -> tuple[tuple[int, str], ...]:
+    """(speaker, text) of each turn (a Turn or its dict): the hashable form prompts are memoised by."""
+    return tuple((t["speaker"], t["text"]) if isinstance(t, dict) else (t.speaker, t.text) for t in turns)
+
+
 def dialogue(turns: Sequence[Any]) -> str:
     """critic_conversation.j2's `dialogue` macro (templates call it as a global), memoised by the turns'
     (speaker, text): each candidate is shown to every expert, several times to the pairwise ones."""
-    return _dialogue(tuple((t["speaker"], t["text"]) if isinstance(t, dict) else (t.speaker, t.text) for t in turns))
+    return _dialogue(turn_lines(turns))
 
 
 @lru_cache(maxsize=4096)  # a pair's candidates, for the time its Critic takes

@@ -26,7 +26,7 @@ from typing import Any
 
 from personaloom import rng
 from personaloom.chat import ChatRequest, ChatResult, Message, Sampling, SamplingParams
-from personaloom.prompts import render, render_fixed
+from personaloom.prompts import render, render_fixed, turn_lines
 from personaloom.records import TRAITS, Conversation, Expert, Session, Verdict
 from personaloom.replies import json_object
 from personaloom.stages.critic.registry import CriticExpert, ExpertContext, abstain, register
@@ -141,10 +141,6 @@ def _verdict(conv: Conversation, **fields: Any) -> Verdict:
 # ---- quality experts, pairwise -------------------------------------------------------------
 
 
-def _lines(conv: Conversation) -> tuple[tuple[int, str], ...]:
-    return tuple((t.speaker, t.text) for t in conv.turns)
-
-
 @lru_cache(maxsize=1024)  # the same two candidates, in the same order, are shown to every quality expert
 def _pairwise_user(a: tuple[tuple[int, str], ...], b: tuple[tuple[int, str], ...]) -> str:
     shown = (("A", a), ("B", b))
@@ -157,7 +153,7 @@ def build_pairwise_request(
 ) -> ChatRequest:
     """Ask `expert` which of A (= a) and B (= b) is better. The caller picks the order."""
     system = render_fixed(f"critic_{expert}.j2", mode="pairwise", labels=("A", "B"))
-    user = _pairwise_user(_lines(a), _lines(b))
+    user = _pairwise_user(turn_lines(a.turns), turn_lines(b.turns))
     params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of(expert), a.id, b.id))
     return _request(system, user, PAIRWISE_SCHEMA, params, expert, f"{a.id}|{b.id}")
 
