@@ -146,6 +146,9 @@ class LoopbackConfig:
     # A rate-limited provider: a request arriving while this many are in flight gets a 429 with
     # Retry-After faults.retry_after_s (counted as fault "rate_limited").
     max_concurrency: int | None = None
+    # Scripted answers by arrival: respond(n, body) for the n-th request (from 0) returns (status, headers,
+    # JSON body) to send instead, or None to answer as configured (counted as fault "scripted").
+    respond: Callable[[int, dict[str, Any]], tuple[int, dict[str, str], dict[str, Any]] | None] | None = None
 
 
 class LoopbackServer:
@@ -311,6 +314,13 @@ class LoopbackServer:
                         reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         cfg = self.config
         _, seen, rng = self._admit(body, raw, headers.get("authorization"))
+        scripted = cfg.respond(self.total - 1, body) if cfg.respond is not None else None
+        if scripted is not None:
+            status, extra_headers, payload = scripted
+            with self._lock:
+                self.faults["scripted"] += 1
+            await self._send(writer, status, json.dumps(payload).encode(), extra_headers)
+            return True
         fmt = (body.get("response_format") or {}).get("type")
         if fmt and fmt in cfg.reject_response_format:
             with self._lock:

@@ -203,7 +203,7 @@ def test_unparseable_structured_reply_is_reasked() -> None:
     with LoopbackServer(reply=reply) as server:
         result = one(backend_for(server), req("give me json", schema=SCHEMA))
         assert result.ok and check_structured(result.text, SCHEMA)[0] is not None
-        assert result.retries == 1 and server.stats()["total"] == 2
+        assert result.reasks == 1 and result.retries == 0 and server.stats()["total"] == 2
 
 
 def test_reask_is_bounded() -> None:

@@ -129,6 +129,22 @@ def test_concurrent_callers_are_coalesced_in_order(ray_local: Any) -> None:
 
 
 @pytest.mark.slow
+def test_a_stop_request_sends_nothing_more(ray_local: Any) -> None:
+    """Ctrl-C under `--executor ray`: after the first signal no request leaves the driver (RunStopped)."""
+    from personaloom.executors.ray import RayLLM
+    from personaloom.stop import RunStopped, StopSignal
+
+    stop = StopSignal()
+    client = RayLLM(BackendConfig(kind="fake"), progress=False, stop=stop)
+    assert [r.ok for r in client.run(reqs(2))] == [True, True]
+    sent = sum(client.ray_backend.batches)
+    stop.requested = True
+    with pytest.raises(RunStopped):
+        client.run(reqs(3, tag=" after the stop"))
+    assert sent == 2 and sum(client.ray_backend.batches) == sent
+
+
+@pytest.mark.slow
 def test_cache_and_stats_stay_in_the_driver(ray_local: Any, tmp_path: Path) -> None:
     from personaloom.executors.ray import RayLLM
 

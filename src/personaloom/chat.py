@@ -111,7 +111,10 @@ class ChatResult(Record):
     # Set when this request failed after the backend's own retries; texts is then empty.
     error: str | None = None
     cached: bool = False
+    # Transport retries (429, 5xx, timeouts...): 0 means the server took the request at the first try.
     retries: int = 0
+    # Extra calls asking again for a reply that was not valid JSON of the request's schema.
+    reasks: int = 0
     # What the server sent as reasoning (message.reasoning_content / message.reasoning), one per text;
     # read by replies.normalize, which drops it: it is never an answer and never cached.
     reasoning: list[str] | None = None

@@ -361,7 +361,7 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
     def skip(stage: str) -> bool:
         return only is not None and STAGES.index(stage) < STAGES.index(only)
 
-    pipe.stop.install(asyncio.get_running_loop())
+    pipe.stop.install()
     try:
         attributes = pipe._read("attributes.jsonl", Attribute) if skip("expand") else await pipe.expand()
         if until == "expand":
@@ -377,7 +377,7 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
         gc.freeze()
         return await pipe.generate(pairs)
     finally:
-        pipe.stop.uninstall(asyncio.get_running_loop())
+        pipe.stop.uninstall()
         await pipe.clients.aclose()
 
 

@@ -62,7 +62,7 @@ class Stats:
                     "calls": 1,
                     "prompt_tokens": result.usage.prompt_tokens,
                     "completion_tokens": result.usage.completion_tokens,
-                    "retries": result.retries,
+                    "retries": result.retries + result.reasks,
                     "errors": 1 if result.error else 0,
                     "usage_unknown": 0 if result.usage.reported or result.error else 1,
                 }

@@ -1,20 +1,21 @@
 """Graceful stop of a run: the first Ctrl-C (SIGINT) or SIGTERM stops new LLM calls; the second exits at once.
 
-In: the event loop of a run (`StopSignal.install`). Out: `requested`, which the executor reads before it
-sends a request: after the first signal no new request goes out (a cached answer is still served),
-requests already at the server finish and are cached, and the stage that needed the skipped ones raises
-`RunStopped`. The pipeline then writes what was kept so far, marked `"partial": true` (stats.json and the
-dataset card), and exits 130; re-running the same command resumes (every finished call is cached). A
-second signal exits the process at once with 130 (the cache is committed per result, so nothing paid for
-is lost).
+In: nothing (`StopSignal.install`, in the main thread, for the span of a run). Out: `requested`, which the
+executor reads before it sends a request: after the first signal no new request goes out (a cached answer
+is still served), requests already at the server finish and are cached, a request waiting to retry gives up
+(uncached), and the stage that needed the skipped ones raises `RunStopped`. The pipeline then writes what
+was kept so far, marked `"partial": true` (stats.json and the dataset card), and exits 130; re-running the
+same command resumes (every finished call is cached). A second signal exits the process at once with 130
+(the cache is committed per result, so nothing paid for is lost).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
+from types import FrameType
+from typing import Any
 
 from personaloom.errors import PersonaloomError
 
@@ -32,21 +33,29 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.requested = False
-        self._installed: list[signal.Signals] = []
+        self._installed: list[tuple[signal.Signals, Any]] = []
 
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Handle SIGINT/SIGTERM in `loop` (main thread only; elsewhere the default handling stays)."""
+    def install(self) -> None:
+        """Handle SIGINT/SIGTERM until `uninstall` (main thread only; elsewhere the default handling stays).
+
+        A Python-level handler, not the event loop's `add_signal_handler`: it runs between any two bytecodes
+        of the main thread, so a press is answered at once during the synchronous steps too (pairing,
+        embedding), not only when the event loop next gets control."""
         for sig in SIGNALS:
             try:
-                loop.add_signal_handler(sig, self._on_signal)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no support
+                previous = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
                 continue
-            self._installed.append(sig)
+            self._installed.append((sig, previous))
 
-    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in self._installed:
-            loop.remove_signal_handler(sig)
+    def uninstall(self) -> None:
+        """Put back the handlers that `install` replaced."""
+        for sig, previous in reversed(self._installed):
+            signal.signal(sig, previous)
         self._installed = []
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._on_signal()
 
     def _on_signal(self) -> None:
         if self.requested:

@@ -13,7 +13,13 @@ from typing import ClassVar
 
 from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, SamplingParams, Usage
 
-__all__ = ["Backend", "ChatRequest", "ChatResult", "LLMClient", "Message", "SamplingParams", "Usage"]
+# The longest Retry-After waited for, as the openai client does (its MAX_RETRY_AFTER_DELAY): a longer one is a
+# quota or billing window, not a burst, and waiting it out silently would look like a hung run.
+MAX_RETRY_AFTER_S = 120.0
+
+__all__ = [
+    "MAX_RETRY_AFTER_S", "Backend", "ChatRequest", "ChatResult", "LLMClient", "Message", "SamplingParams", "Usage",
+]
 
 
 class Backend(abc.ABC):
@@ -29,6 +35,9 @@ class Backend(abc.ABC):
     # Set by the executor: called with the server's Retry-After (or None) when a request meets a 429, a 503
     # or a timeout, so that the endpoint's bound comes down (see executors.local.Endpoint).
     on_overload: Callable[[float | None], None] | None = None
+    # Set by the executor: true once the user asked the run to stop (personaloom.stop); a backend waiting to
+    # retry a request gives up then, and the request fails (uncached: a re-run sends it again).
+    stopping: Callable[[], bool] | None = None
 
     @property
     @abc.abstractmethod

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
-_PER_CALL = {"cached", "retries"}
+_PER_CALL = {"cached", "retries", "reasks"}
 
 
 class ResponseCache:

@@ -4,10 +4,12 @@ In: `BackendConfig` (base_url, model, api_key_env, concurrency, timeout_s, max_r
 retry_max_s, structured_output, reask) and `ChatRequest`s. Out: one `ChatResult` per request.
 
 Transport faults (429, 408/409, 5xx, timeouts, dropped connections, truncated or invalid JSON bodies)
-are retried here with exponential backoff and jitter, honouring Retry-After; the `openai` client's own
-retries are off so there is one retry policy. A request that still fails becomes `ChatResult.error`.
-A server that refuses connections after all retries raises `BackendError` naming the URL and the
-setting: nothing else can succeed, so the run stops (finished work is already in the cache).
+are retried here with exponential backoff and jitter, honouring Retry-After up to 120 s (a longer one is a
+quota window: the request fails at once, saying so); the `openai` client's own retries are off so there is
+one retry policy. A request that still fails becomes `ChatResult.error`, and so does one whose retry was
+due after the user asked the run to stop. A server that refuses connections after all retries, or a 429
+saying the account's quota or credit is used up, raises `BackendError` naming the URL and the cause:
+nothing else can succeed, so the run stops (finished work is already in the cache).
 
 Structured output: response_format json_schema (OpenAI, vLLM, SGLang, Ollama), then json_object + schema
 (llama-cpp-python's server), then the schema in the prompt; a server's 4xx on one form moves to the
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import math
 import os
 import random
 import re
@@ -41,7 +44,7 @@ from urllib.parse import urlparse
 import openai
 
 from personaloom.aio import gather_all
-from personaloom.backends.base import Backend
+from personaloom.backends.base import MAX_RETRY_AFTER_S, Backend
 from personaloom.chat import ChatRequest, ChatResult, Message, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError
@@ -53,6 +56,12 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A placeholder for loopback servers that need no key (llama.cpp, vLLM without --api-key).
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
 _RETRY_STATUS = {408, 409, 425, 429}
+# A 429 (or 402/403) with one of these error types or codes is not a rate limit: the account's quota, credit or
+# spend limit is used up, and retrying will not bring access back (OpenAI's error-code guide).
+_QUOTA_CODES = {"insufficient_quota", "credit_balance_exhausted", "organization_spend_limit_exceeded",
+                "project_spend_limit_exceeded", "billing_hard_limit_reached", "billing_not_active"}
+# While waiting to retry, how often to look whether the user asked the run to stop (seconds).
+_STOP_POLL_S = 0.25
 # Request fields a strict server may refuse and that can be left out (the server's default applies).
 _DROPPABLE = ("top_k", "seed", "stop", "top_p", "temperature", "max_tokens")
 _REFUSAL = re.compile(r"unrecogni[sz]ed|unsupported|not supported|unknown|not permitted|extra|not allowed|"
@@ -107,6 +116,16 @@ def server_message(exc: openai.APIStatusError) -> tuple[str, str | None]:
     # One line: a validation error's first line ("1 validation error:") says nothing by itself.
     line = " ".join(text.split()) or exc.message
     return line[:300], (str(param) if isinstance(param, str) and param else None)
+
+
+def quota_exhausted(exc: openai.APIStatusError) -> bool:
+    """Whether an error answer says the account's quota, credit or spend limit is used up (OpenAI's
+    `{"error": {"type": "insufficient_quota", "code": ...}}`), which no retry can fix."""
+    body: Any = exc.body
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return False
+    return bool({str(inner.get("type") or ""), str(inner.get("code") or "")} & _QUOTA_CODES)
 
 
 def _content_text(content: Any) -> str:
@@ -271,16 +290,21 @@ def _retry_after(headers: Any) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            millis = float(ms)
         except ValueError:
             pass
+        else:
+            if math.isfinite(millis):
+                return max(0.0, millis / 1000.0)
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -434,6 +458,11 @@ class OpenAIBackend(Backend):
             if "response_format" in body and "response_format" in said:
                 # Some servers (llama-cpp-python's) answer an unsupported response_format with a 500.
                 raise _Rejected(message, status) from None
+            if status in (402, 403, 429) and quota_exhausted(exc):
+                raise BackendError(
+                    f"{message}: the account's quota or credit is used up, and retrying will not help; add "
+                    "credit or raise the limit, then re-run the same command (finished calls are cached)"
+                ) from None
             if status in _RETRY_STATUS or status >= 500:
                 after = _retry_after(exc.response.headers)
                 raise _Retryable(message, after, overload=status in (429, 503)) from None
@@ -477,9 +506,16 @@ class OpenAIBackend(Backend):
                     continue
                 raise
             except _Retryable as exc:
+                too_long = exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_S
                 if exc.overload and self.on_overload is not None:
-                    self.on_overload(exc.retry_after)
+                    self.on_overload(None if too_long else exc.retry_after)
                 attempt += 1
+                if too_long:
+                    raise _Failed(
+                        f"{exc}: the server asks to wait {exc.retry_after:.0f} s before another try (Retry-After), "
+                        f"longer than personaloom waits ({MAX_RETRY_AFTER_S:.0f} s): a quota or rate window; "
+                        "re-run the same command later (finished calls are cached)", attempt - 1
+                    ) from None
                 if attempt > self.cfg.max_retries:
                     if exc.refused:
                         raise BackendError(
@@ -489,7 +525,22 @@ class OpenAIBackend(Backend):
                         ) from None
                     raise _Failed(f"{exc} (after {attempt} tries)", attempt - 1) from None
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
-                await self.sleep(min(delay, max(self.cfg.retry_max_s, 1.0) * 3))
+                if not await self._pause(delay):
+                    raise _Failed(f"{exc} (not retried: the run is stopping)", attempt - 1) from None
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` before a retry; False as soon as the user asks the run to stop (checked every
+        0.25 s), so that a graceful stop never waits out a backoff or a Retry-After."""
+        if self.stopping is None:
+            await self.sleep(seconds)
+            return True
+        while seconds > 0:
+            if self.stopping():
+                return False
+            step = min(seconds, _STOP_POLL_S)
+            await self.sleep(step)
+            seconds -= step
+        return not self.stopping()
 
     # -- one request
 
@@ -527,14 +578,17 @@ class OpenAIBackend(Backend):
                 return ChatResult(error=str(exc), retries=exc.retries, latency_s=time.perf_counter() - start)
             if mode is not None and mode != self._mode and _MODES.index(mode) > _MODES.index(self._mode):
                 self._mode = mode  # remember: the server rejected the stronger forms
+            reasks = 0
             if request.json_schema is not None:
-                texts, finishes, usage, extra = await self._ensure_structured(
-                    request, messages, mode, texts, finishes, usage
-                )
-                retries += extra
+                try:
+                    texts, finishes, usage, reasks, retries = await self._ensure_structured(
+                        request, messages, mode, texts, finishes, usage, retries
+                    )
+                except _Failed as exc:
+                    return ChatResult(error=str(exc), retries=exc.retries, latency_s=time.perf_counter() - start)
             finish = "length" if "length" in finishes else finishes[0]
             return ChatResult(
-                texts=texts, usage=usage, finish_reason=finish, retries=retries, reasoning=reasoning,
+                texts=texts, usage=usage, finish_reason=finish, retries=retries, reasks=reasks, reasoning=reasoning,
                 latency_s=time.perf_counter() - start,
             )
         assert rejected is not None
@@ -548,14 +602,17 @@ class OpenAIBackend(Backend):
         texts: list[str],
         finishes: list[str],
         usage: Usage,
-    ) -> tuple[list[str], list[str], Usage, int]:
-        """Normalize each text to valid JSON of the schema, re-asking for those that are not."""
+        retries: int,
+    ) -> tuple[list[str], list[str], Usage, int, int]:
+        """Normalize each text to valid JSON of the schema, re-asking for those that are not.
+        Returns (texts, finish reasons, usage of all the calls, re-asks, transport retries so far + theirs);
+        raises _Failed when a re-ask fails in transport."""
         from personaloom.replies import split_reasoning
 
         assert request.json_schema is not None
         schema = request.json_schema
         schema_text = json.dumps(schema, ensure_ascii=False)
-        extra_calls = 0
+        reasks = 0
         prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         texts, finishes = list(texts), list(finishes)
         for i, text in enumerate(texts):
@@ -571,9 +628,15 @@ class OpenAIBackend(Backend):
                     new_texts, new_finishes, new_usage, _, tries = await self._post_with_retries(
                         request, history, mode
                     )
-                except (_Failed, _Rejected):
-                    break
-                extra_calls += 1 + tries
+                except _Failed as exc:
+                    # A transport failure (a 503, a timeout) says nothing about the reply: the request
+                    # fails, uncached, so that a re-run asks again instead of keeping the invalid text.
+                    raise _Failed(f"the reply was not valid JSON of the schema ({problem}) and asking again "
+                                  f"failed: {exc}", retries + exc.retries) from None
+                except _Rejected:
+                    break  # the server refuses the re-ask itself (e.g. too long): keep the raw reply
+                reasks += 1
+                retries += tries
                 prompt_tokens += new_usage.prompt_tokens
                 completion_tokens += new_usage.completion_tokens
                 text, finishes[i] = new_texts[0], new_finishes[0]
@@ -581,7 +644,7 @@ class OpenAIBackend(Backend):
             # Still not valid after the re-asks: keep the raw text; the stage records a parse Failure.
             texts[i] = good if good is not None else text
         total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, reported=usage.reported)
-        return texts, finishes, total, extra_calls
+        return texts, finishes, total, reasks, retries
 
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """All at once: the executor bounds how many it hands over (backend.concurrency per endpoint)."""

@@ -65,7 +65,7 @@ class Clients:
                 self._clients[key] = RayLLM(
                     bcfg, self._cache_obj(), self.stats, progress=True, address=r.address, workers=r.workers,
                     actors=r.actors, num_cpus=r.num_cpus, max_batch=r.max_batch, wait_ms=r.wait_ms,
-                    remote_args={"num_gpus": r.num_gpus} if r.num_gpus else None,
+                    remote_args={"num_gpus": r.num_gpus} if r.num_gpus else None, stop=self.stop,
                 )
             else:
                 backend = create_backend(bcfg)

@@ -41,7 +41,7 @@ from rich.progress import (
 from rich.text import Text
 
 from personaloom.aio import gather_all
-from personaloom.backends.base import Backend
+from personaloom.backends.base import MAX_RETRY_AFTER_S, Backend
 from personaloom.backends.cache import ResponseCache
 from personaloom.chat import ChatRequest, ChatResult
 from personaloom.errors import BackendError
@@ -54,6 +54,8 @@ _SKIPPED = ChatResult(error="not sent: the run is stopping")
 # Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
 # be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
 DEAD_AFTER = 24
+# While requests wait out a Retry-After, how often to look whether the user asked the run to stop (seconds).
+_STOP_POLL_S = 0.25
 
 
 class _TokenRate(ProgressColumn):
@@ -128,8 +130,10 @@ class Endpoint:
     `ceiling` is the configured concurrency (the lowest of the clients' settings); `limit` starts there.
     When a request meets a 429, a 503 or a timeout (`overloaded`), the limit halves — once per episode:
     only while no more requests are in flight than the limit allows, since those admitted under a higher
-    limit report the same overload — and no new request starts before the server's Retry-After has
-    passed. Every `limit` successes add one back, never above the ceiling.
+    limit report the same overload — and no request starts, new or already waiting for a slot, before the
+    server's Retry-After (at most MAX_RETRY_AFTER_S) has passed, unless the user asks the run to stop: then
+    the waiting requests go on at once, to be skipped. Every `limit` successes add one back, never above
+    the ceiling.
     """
 
     def __init__(self, name: str, limit: int) -> None:
@@ -144,6 +148,9 @@ class Endpoint:
         # concurrency 256, milliseconds of CPU each).
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Wakes the waiters when a Retry-After window ends (or the user asks to stop during one).
+        self._timer: asyncio.TimerHandle | None = None
+        self.stop: StopSignal | None = None
 
     def join(self, limit: int) -> None:
         """Another client of this endpoint, configured for at most `limit` requests at once."""
@@ -158,10 +165,27 @@ class Endpoint:
             # State is per event loop: `LLM.run()` uses a fresh loop per call.
             self._loop, self.in_flight, self._resume_at = loop, 0, 0.0
             self._waiters.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         return loop
 
+    def _holding(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether requests wait for the server's Retry-After now (not once the user asked to stop)."""
+        return loop.time() < self._resume_at and not (self.stop is not None and self.stop.requested)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._wake()
+
     def _wake(self) -> None:
-        """Hand the free slots to the longest waiting requests."""
+        """Hand the free slots to the longest waiting requests (none during a Retry-After window: a timer
+        wakes them when it ends, looking every 0.25 s whether the user asked to stop)."""
+        loop = self._loop
+        if loop is not None and self._waiters and self._holding(loop):
+            if self._timer is None:
+                self._timer = loop.call_later(min(self._resume_at - loop.time(), _STOP_POLL_S), self._tick)
+            return
         while self._waiters and self.in_flight < self.limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -176,7 +200,7 @@ class Endpoint:
             self.cuts += 1
             self._successes = 0
         if retry_after and self._loop is not None:
-            self._resume_at = max(self._resume_at, self._loop.time() + retry_after)
+            self._resume_at = max(self._resume_at, self._loop.time() + min(retry_after, MAX_RETRY_AFTER_S))
 
     def succeeded(self) -> None:
         """A request went through at the first try: additive increase."""
@@ -191,13 +215,12 @@ class Endpoint:
         """Hold one of the endpoint's `limit` slots (after the server's Retry-After, if it gave one).
         `running`: the running event loop, when the caller has it at hand."""
         loop = self._bind(running)
-        while (wait := self._resume_at - loop.time()) > 0:
-            await asyncio.sleep(wait)
-        if self.in_flight < self.limit and not self._waiters:
+        if self.in_flight < self.limit and not self._waiters and not self._holding(loop):
             self.in_flight += 1
         else:
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
+            self._wake()  # during a Retry-After window: arms the timer that ends it
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -239,6 +262,9 @@ class LLM:
         self.endpoint.join(backend.max_concurrency)
         backend.on_overload = self.endpoint.overloaded
         self.stop = stop
+        if stop is not None:
+            self.endpoint.stop = stop
+            backend.stopping = lambda: stop.requested
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, asyncio.Future[ChatResult]] = {}
         self._succeeded = False
@@ -271,6 +297,8 @@ class LLM:
                 self.endpoint.succeeded()
             if len(results) != 1:
                 return ChatResult(error=f"backend returned {len(results)} results for one request")
+            if results[0].error is not None and self.stop is not None and self.stop.requested:
+                return _SKIPPED  # e.g. a retry given up for the stop: a re-run sends it again
             result = normalize(results[0], request)
             # Committed before the slot is free: requests sent and not yet cached never exceed the bound, so
             # a killed run pays again for at most `concurrency` calls.

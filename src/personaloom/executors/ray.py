@@ -47,6 +47,7 @@ from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError, PersonaloomError
 from personaloom.executors.local import LLM
 from personaloom.stats import Stats
+from personaloom.stop import StopSignal
 
 BackendFactory = Callable[[BackendConfig], Backend]
 Workers = Literal["actors", "tasks"]
@@ -375,13 +376,15 @@ class RayLLM(LLM):
         address: str | None = None,
         remote_args: dict[str, Any] | None = None,
         backend_factory: BackendFactory | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
         """`backend`: the backend to build in each worker. `actors`: actors (or concurrent tasks) per
         dataset. `workers`: "actors" or "tasks" (module docstring). `batch_size`: rows per map_batches call
         (default: a wave split evenly over the actors). `max_batch` / `wait_ms`: when a wave leaves.
         `num_cpus` / `address`: the local instance's CPUs, or a cluster to join. `remote_args`: Ray
         resources per actor, e.g. {"num_gpus": 1}. `backend_factory`: builds the backend in the workers
-        (default: `personaloom.backends.create_backend` as this process sees it; it must pickle)."""
+        (default: `personaloom.backends.create_backend` as this process sees it; it must pickle). `stop`: the
+        run's graceful stop (no request leaves the driver once it is requested)."""
         if workers not in ("actors", "tasks"):
             raise ConfigError(f"ray workers {workers!r}: expected 'actors' or 'tasks'")
         init_ray(num_cpus=num_cpus, address=address)
@@ -400,7 +403,7 @@ class RayLLM(LLM):
             wait_s=wait_ms / 1000.0,
             remote_args=dict(remote_args or {}),
         )
-        super().__init__(proxy, cache, stats, progress)
+        super().__init__(proxy, cache, stats, progress, stop=stop)
         self.ray_backend = proxy
 
 
