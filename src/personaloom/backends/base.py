@@ -16,9 +16,13 @@ from personaloom.chat import ChatRequest, ChatResult, LLMClient, Message, Sampli
 # The longest Retry-After waited for, as the openai client does (its MAX_RETRY_AFTER_DELAY): a longer one is a
 # quota or billing window, not a burst, and waiting it out silently would look like a hung run.
 MAX_RETRY_AFTER_S = 120.0
+# While waiting to retry, or for a Retry-After window to end, how often to look whether the user asked the
+# run to stop (seconds).
+STOP_POLL_S = 0.25
 
 __all__ = [
-    "MAX_RETRY_AFTER_S", "Backend", "ChatRequest", "ChatResult", "LLMClient", "Message", "SamplingParams", "Usage",
+    "MAX_RETRY_AFTER_S", "STOP_POLL_S", "Backend", "ChatRequest", "ChatResult", "LLMClient", "Message",
+    "SamplingParams", "Usage",
 ]
 
 

@@ -44,7 +44,7 @@ from urllib.parse import urlparse
 import openai
 
 from personaloom.aio import gather_all
-from personaloom.backends.base import MAX_RETRY_AFTER_S, Backend
+from personaloom.backends.base import MAX_RETRY_AFTER_S, STOP_POLL_S, Backend
 from personaloom.chat import ChatRequest, ChatResult, Message, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError
@@ -60,8 +60,6 @@ _RETRY_STATUS = {408, 409, 425, 429}
 # spend limit is used up, and retrying will not bring access back (OpenAI's error-code guide).
 _QUOTA_CODES = {"insufficient_quota", "credit_balance_exhausted", "organization_spend_limit_exceeded",
                 "project_spend_limit_exceeded", "billing_hard_limit_reached", "billing_not_active"}
-# While waiting to retry, how often to look whether the user asked the run to stop (seconds).
-_STOP_POLL_S = 0.25
 # Request fields a strict server may refuse and that can be left out (the server's default applies).
 _DROPPABLE = ("top_k", "seed", "stop", "top_p", "temperature", "max_tokens")
 _REFUSAL = re.compile(r"unrecogni[sz]ed|unsupported|not supported|unknown|not permitted|extra|not allowed|"
@@ -537,7 +535,7 @@ class OpenAIBackend(Backend):
         while seconds > 0:
             if self.stopping():
                 return False
-            step = min(seconds, _STOP_POLL_S)
+            step = min(seconds, STOP_POLL_S)
             await self.sleep(step)
             seconds -= step
         return not self.stopping()

@@ -41,7 +41,7 @@ from rich.progress import (
 from rich.text import Text
 
 from personaloom.aio import gather_all
-from personaloom.backends.base import MAX_RETRY_AFTER_S, Backend
+from personaloom.backends.base import MAX_RETRY_AFTER_S, STOP_POLL_S, Backend
 from personaloom.backends.cache import ResponseCache
 from personaloom.chat import ChatRequest, ChatResult
 from personaloom.errors import BackendError
@@ -54,8 +54,6 @@ _SKIPPED = ChatResult(error="not sent: the run is stopping")
 # Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
 # be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
 DEAD_AFTER = 24
-# While requests wait out a Retry-After, how often to look whether the user asked the run to stop (seconds).
-_STOP_POLL_S = 0.25
 
 
 class _TokenRate(ProgressColumn):
@@ -184,7 +182,7 @@ class Endpoint:
         loop = self._loop
         if loop is not None and self._waiters and self._holding(loop):
             if self._timer is None:
-                self._timer = loop.call_later(min(self._resume_at - loop.time(), _STOP_POLL_S), self._tick)
+                self._timer = loop.call_later(min(self._resume_at - loop.time(), STOP_POLL_S), self._tick)
             return
         while self._waiters and self.in_flight < self.limit:
             waiter = self._waiters.popleft()
