@@ -225,6 +225,33 @@ def test_a_signal_during_synchronous_work_is_heard_at_once(tmp_path: Path) -> No
     assert "stopping: no new LLM calls" in err and "stopped at once" in err and "step ended" not in out
 
 
+def test_two_quick_presses_during_one_long_c_call_exit_at_once(tmp_path: Path) -> None:
+    """Both signals land while the main thread is inside one C call (Python then runs its handler once):
+    they still count as two, so the process exits 130 as the call returns, without finishing the step."""
+    script = tmp_path / "c_call.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from personaloom.stop import StopSignal
+
+        stop = StopSignal()
+        stop.install()
+        print("ready", flush=True)
+        sum(range(400_000_000))  # one C call of a few seconds: no handler runs until it returns
+        print("step ended", flush=True)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    out, err = proc.communicate()
+    assert code == 130 and "stopped at once" in err and "step ended" not in out, (code, out, err)
+
+
 def test_install_puts_back_the_previous_handlers() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     stop = StopSignal()
@@ -239,3 +266,4 @@ def test_install_puts_back_the_previous_handlers() -> None:
     finally:
         stop.uninstall()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert signal.set_wakeup_fd(-1) == -1  # the wake-up fd is put back too

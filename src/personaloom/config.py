@@ -125,7 +125,7 @@ class PairConfig(Record):
 
 
 class GenerateConfig(Record):
-    pairs: int = 3
+    pairs: int = Field(3, ge=1)
     candidates: int = Field(3, ge=1)
     iterations: int = Field(3, ge=1)
     few_shot: int = Field(5, ge=0)

@@ -361,7 +361,6 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
     def skip(stage: str) -> bool:
         return only is not None and STAGES.index(stage) < STAGES.index(only)
 
-    pipe.stop.install()
     try:
         attributes = pipe._read("attributes.jsonl", Attribute) if skip("expand") else await pipe.expand()
         if until == "expand":
@@ -377,7 +376,6 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
         gc.freeze()
         return await pipe.generate(pairs)
     finally:
-        pipe.stop.uninstall()
         await pipe.clients.aclose()
 
 
@@ -405,6 +403,8 @@ def _run(config: RunConfig, until: str, only: str | None, calibrate: bool) -> No
     pipe = Pipeline(prepare(config, seeds.conversations if seeds is not None else None))
     config = pipe.config
     atomic_write_text(pipe.out / "config.yaml", dump_config(config))
+    # From the first LLM call to the last file written: a second Ctrl-C exits at once wherever it lands.
+    pipe.stop.install()
     try:
         conversations = asyncio.run(_run_async(pipe, until, only))
         pipe.stats.extra["partial"] = pipe.partial
@@ -425,6 +425,8 @@ def _run(config: RunConfig, until: str, only: str | None, calibrate: bool) -> No
         with contextlib.suppress(OutputError):
             write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
         raise
+    finally:
+        pipe.stop.uninstall()
     write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
     print_totals(pipe.stats, time.perf_counter() - started)
     if pipe.partial:

@@ -11,6 +11,7 @@ same command resumes (every finished call is cached). A second signal exits the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -34,6 +35,10 @@ class StopSignal:
     def __init__(self) -> None:
         self.requested = False
         self._installed: list[tuple[signal.Signals, Any]] = []
+        # Python runs a handler once however many times its signal came while the main thread was inside one
+        # C call, so two quick presses would read as one; the wake-up pipe gets a byte per signal delivered.
+        self._pipe: tuple[int, int] | None = None
+        self._previous_fd = -1
 
     def install(self) -> None:
         """Handle SIGINT/SIGTERM until `uninstall` (main thread only; elsewhere the default handling stays).
@@ -47,15 +52,31 @@ class StopSignal:
             except ValueError:  # not the main thread
                 continue
             self._installed.append((sig, previous))
+        if self._installed:
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+            self._pipe = (read, write)
 
     def uninstall(self) -> None:
-        """Put back the handlers that `install` replaced."""
+        """Put back the handlers (and the wake-up fd) that `install` replaced."""
         for sig, previous in reversed(self._installed):
             signal.signal(sig, previous)
         self._installed = []
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_fd)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._on_signal()
+        presses = 1
+        if self._pipe is not None:
+            with contextlib.suppress(BlockingIOError):
+                presses = max(1, len(os.read(self._pipe[0], 256)))
+        for _ in range(presses):
+            self._on_signal()
 
     def _on_signal(self) -> None:
         if self.requested:
