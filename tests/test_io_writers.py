@@ -193,3 +193,56 @@ def test_hf_dataset_empty(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     write_hf_dataset(tmp_path / "ds", [])
     assert datasets.load_from_disk(str(tmp_path / "ds")).num_rows == 0
+
+
+def test_hf_dataset_reads_back_what_it_writes(tmp_path: Path) -> None:
+    """`--to hf` output is input too: the directory, its Parquet file and `convert` all give the same
+    conversations back (critic summary and Big Five levels included)."""
+    pytest.importorskip("datasets")
+    convs = [_conv(i, [1, 2, 1], iteration=1, critic=CriticSummary(mode="pairwise", votes={"depth": i}))
+             for i in range(4)]
+    convs[1] = convs[1].model_copy(update={"language": "fr"})
+    write_hf_dataset(tmp_path / "ds", convs)
+    assert read_conversations(tmp_path / "ds") == convs
+    assert read_conversations(tmp_path / "ds" / "data.parquet") == convs
+    msg = convert(tmp_path / "ds", tmp_path / "back.jsonl")
+    assert msg.startswith("wrote 4 conversations (jsonl)") and read_conversations(tmp_path / "back.jsonl") == convs
+
+
+def test_hf_reader_takes_spc_parquet_and_every_split(spc_path: Path, tmp_path: Path) -> None:
+    """Synthetic-Persona-Chat as its Hub Parquet files have it (SPC's columns), and a DatasetDict saved to
+    disk: every split, in order."""
+    datasets = pytest.importorskip("datasets")
+    from personaloom.io.spc_csv import COLUMNS
+
+    with open(spc_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    table = {name: [row[name] for row in rows[:50]] for name in COLUMNS}
+    datasets.Dataset.from_dict(table).to_parquet(str(tmp_path / "train.parquet"))
+    from_csv = read_conversations(spc_path)[:50]
+    from_parquet = read_conversations(tmp_path / "train.parquet")
+    assert [(c.turns, c.user1_persona, c.defects) for c in from_parquet] == [
+        (c.turns, c.user1_persona, c.defects) for c in from_csv]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({k: v[:30] for k, v in table.items()}),
+                                   "test": datasets.Dataset.from_dict({k: v[30:] for k, v in table.items()})})
+    splits.save_to_disk(str(tmp_path / "dd"))
+    assert [c.turns for c in read_conversations(tmp_path / "dd")] == [c.turns for c in from_csv]
+
+
+def test_hf_reader_errors_name_the_cause(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from personaloom.errors import InputError
+
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="is a directory, expected a file or a Hugging Face dataset directory"):
+        read_conversations(tmp_path / "plain")
+    datasets.Dataset.from_dict({"prompt": ["hi"], "answer": ["hello"]}).to_parquet(str(tmp_path / "qa.parquet"))
+    with pytest.raises(InputError, match="'prompt', 'answer': neither personaloom's"):
+        read_conversations(tmp_path / "qa.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="cannot read as a Hugging Face dataset"):
+        read_conversations(tmp_path / "broken.parquet")
+    bad = {"id": ["x"], "user1_persona": [["a"]], "user2_persona": [["b"]], "turns": [[{"speaker": 7, "text": "t"}]]}
+    datasets.Dataset.from_dict(bad).to_parquet(str(tmp_path / "bad.parquet"))
+    with pytest.raises(InputError, match="row 1 is not a conversation"):
+        read_conversations(tmp_path / "bad.parquet")

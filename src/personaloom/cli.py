@@ -33,8 +33,8 @@ SeedDataOpt = Annotated[
 ]
 SeedFormatOpt = Annotated[
     str | None,
-    typer.Option("--format", help="Force the seed data's format: parlai, hf-json, spc-csv, jsonl, persona-descriptions "
-                 "or persona-records (default: detected)."),
+    typer.Option("--format", help="Force the seed data's format: parlai, hf-json, spc-csv, jsonl, hf, "
+                 "persona-descriptions or persona-records (default: detected)."),
 ]
 BackendOpt = Annotated[
     str | None, typer.Option("--backend", help="LLM backend: embedded (default), openai or fake.")
@@ -318,13 +318,16 @@ def calibrate_judges(
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Input file (ParlAI text, HF JSON, SPC CSV, JSONL).")],
+    src: Annotated[
+        Path, typer.Argument(help="Input file (ParlAI text, HF JSON, SPC CSV, JSONL, Parquet) or datasets directory.")
+    ],
     dst: Annotated[Path, typer.Argument(help="Output file or directory.")],
     to: Annotated[
         str | None, typer.Option("--to", help="jsonl, spc-csv, parlai or hf (default: from OUT's extension).")
     ] = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="Input format override: parlai, hf-json, spc-csv, jsonl.")
+        str | None, typer.Option("--format", help="Input format override: parlai, hf-json, spc-csv, jsonl, "
+                                       "hf (a datasets directory or Parquet file).")
     ] = None,
     candidates: Annotated[
         int, typer.Option("--candidates", help="ParlAI output: distractor candidates per turn.")

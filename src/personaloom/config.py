@@ -262,7 +262,7 @@ class RunConfig(Record):
     seed: int = 0
     out: str = "out"
     seed_data: str | None = None
-    # The seed data's format (None: detected): a conversation format (parlai, hf-json, spc-csv, jsonl) or a
+    # The seed data's format (None: detected): a conversation format (parlai, hf-json, spc-csv, jsonl, hf) or a
     # persona collection (persona-descriptions, persona-records).
     seed_format: str | None = None
     executor: Literal["local", "ray"] = "local"

@@ -1,6 +1,7 @@
 """Which conversation format a file is in, by its content first and its extension second.
 
-In: a path. Out: one of FORMATS ("parlai", "hf-json", "spc-csv", "jsonl"). Looks at the first
+In: a path. Out: one of FORMATS ("parlai", "hf-json", "spc-csv", "jsonl", "hf"). A directory saved by
+Hugging Face `datasets` (save_to_disk) or a .parquet file is "hf". Otherwise looks at the first
 non-blank line only: `<n> ...` or `text:...` is ParlAI; a header naming `user 1 personas` is SPC CSV; a one-line
 JSON object is JSONL (unless it holds personachat keys); `[` or `{` otherwise is HF JSON. Files that
 say nothing clear fall back to the extension (.txt, .csv, .json, .jsonl); else InputError.
@@ -15,7 +16,9 @@ from pathlib import Path
 from personaloom.errors import InputError
 from personaloom.io.textfile import BOM, read_bytes
 
-FORMATS = ("parlai", "hf-json", "spc-csv", "jsonl")
+FORMATS = ("parlai", "hf-json", "spc-csv", "jsonl", "hf")
+# What datasets' save_to_disk leaves in a directory (a Dataset: dataset_info.json; a DatasetDict: dataset_dict.json).
+_HF_DIR_FILES = ("dataset_info.json", "dataset_dict.json")
 BY_EXTENSION = {".txt": "parlai", ".csv": "spc-csv", ".json": "hf-json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _HF_KEYS = {"personality", "utterances", "train", "valid", "validation", "test"}
 _NUMBERED = re.compile(r"\d{1,9}(?: |$)")
@@ -58,6 +61,13 @@ def _by_content(first: str, suffix: str) -> str | None:
 
 def detect_format(path: str | Path) -> str:
     p = Path(path)
+    if p.is_dir():
+        if any((p / name).is_file() for name in _HF_DIR_FILES):
+            return "hf"
+        hint = "; a run directory: give its conversations.jsonl or dataset/" if (p / "stats.json").is_file() else ""
+        raise InputError(f"is a directory, expected a file or a Hugging Face dataset directory (save_to_disk){hint}", p)
+    if p.suffix.lower() == ".parquet":
+        return "hf"
     data = read_bytes(p)
     first = _first_line(data)
     if not first:

@@ -1,11 +1,15 @@
-"""Conversations -> a Hugging Face `datasets` directory (save_to_disk) plus `data.parquet` in it.
+"""Conversations <-> a Hugging Face `datasets` directory (save_to_disk) plus `data.parquet` in it.
 
-In: conversations and a directory. Out: the directory, loadable with `datasets.load_from_disk(dir)` or
+Writer: conversations and a directory in; the directory out, loadable with `datasets.load_from_disk(dir)` or
 `datasets.load_dataset("parquet", data_files=f"{dir}/data.parquet")`. Columns follow the
 conversation record of DESIGN.md §3; `critic` (the CriticSummary) and the Big Five levels (`user1_traits`,
 `user2_traits`: levels or scores) are stored as JSON strings; `language` and `sessions` are null for
 conversations that do not use those features. The directory is
 built beside the target and renamed into place, so a crash never leaves a half-written dataset.
+
+Reader (`read_hf_dataset`): such a directory (a Dataset or a DatasetDict: every split, in order) or a Parquet
+file, with these columns or Synthetic-Persona-Chat's (`user 1 personas`, `user 2 personas`, `Best Generated
+Conversation`, as the dataset's Parquet files on the Hub have them) -> Conversations.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from personaloom.errors import OutputError
+from pydantic import ValidationError
+
+from personaloom.errors import InputError, OutputError
 from personaloom.fsutil import ensure_dir
+from personaloom.io.spc_csv import COLUMNS as SPC_COLUMNS
+from personaloom.io.spc_csv import spc_conversation
 from personaloom.records import Conversation
 
 PARQUET = "data.parquet"
@@ -120,3 +128,52 @@ def write_hf_dataset(directory: str | Path, conversations: Iterable[Conversation
             datasets.enable_progress_bars()
         shutil.rmtree(tmp, ignore_errors=True)
     return int(n)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a save_to_disk directory (all splits) or of a Parquet file."""
+    try:
+        if path.is_dir():
+            import datasets
+
+            loaded = datasets.load_from_disk(str(path))
+            parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
+            return [row for part in parts for row in part.to_list()]
+        import pyarrow.parquet as pq
+
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
+    except FileNotFoundError as exc:
+        raise InputError(f"not a Hugging Face dataset directory or Parquet file ({exc})", path) from None
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"cannot read as a Hugging Face dataset ({type(exc).__name__}: {exc})", path) from None
+
+
+def read_hf_dataset(path: str | Path) -> list[Conversation]:
+    """Conversations of a dataset directory or Parquet file (see the module docstring). InputError, naming
+    the row, for a row that is not a conversation; for columns of neither known shape."""
+    p = Path(path)
+    rows = _rows(p)
+    if not rows:
+        raise InputError("no rows", p)
+    columns = {name.strip().lower(): name for name in rows[0]}
+    out: list[Conversation] = []
+    for n, row in enumerate(rows, 1):
+        try:
+            if all(c.lower() in columns for c in SPC_COLUMNS):
+                user1, user2, raw = (str(row[columns[c.lower()]] or "") for c in SPC_COLUMNS)
+                out.append(spc_conversation(user1, user2, raw, len(out)))
+            elif {"id", "user1_persona", "user2_persona", "turns"} <= set(row):
+                values = {k: v for k, v in row.items() if v is not None}
+                for key in ("critic", "user1_traits", "user2_traits"):
+                    if isinstance(values.get(key), str):
+                        values[key] = json.loads(values[key])
+                out.append(Conversation.model_validate(values))
+            else:
+                found = ", ".join(repr(c) for c in list(rows[0])[:8])
+                raise InputError(f"columns {found}: neither personaloom's (id, user1_persona, user2_persona, turns) "
+                                 f"nor Synthetic-Persona-Chat's ({', '.join(repr(c) for c in SPC_COLUMNS)})", p)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"row {n} is not a conversation ({first})", p) from None
+    return out

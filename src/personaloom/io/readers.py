@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from personaloom.io.detect import check_format, detect_format
+from personaloom.io.hf_dataset import read_hf_dataset
 from personaloom.io.hf_json import read_hf_json
 from personaloom.io.jsonl import read_conversations_jsonl
 from personaloom.io.parlai import read_parlai
@@ -21,6 +22,7 @@ READERS: dict[str, Callable[[Path], list[Conversation]]] = {
     "hf-json": read_hf_json,
     "spc-csv": read_spc_csv,
     "jsonl": read_conversations_jsonl,
+    "hf": read_hf_dataset,
 }
 
 

@@ -47,6 +47,21 @@ def _header_index(header: list[str], path: Path) -> list[int]:
     return [names.index(c.lower()) for c in COLUMNS]
 
 
+def spc_conversation(user1: str, user2: str, raw: str, index: int, source: str = SOURCE) -> Conversation:
+    """One SPC row's cells (personas one per line, the conversation text) -> the `index`-th Conversation."""
+    parsed = parse_dialogue(raw)
+    return Conversation(
+        id=f"{source}-{index:05d}",
+        user1_persona=_personas(user1),
+        user2_persona=_personas(user2),
+        turns=parsed.turns,
+        source=source,
+        raw=raw,
+        defects=parsed.defects,
+        label_forms=parsed.label_forms or None,
+    )
+
+
 def read_spc_csv(path: str | Path, source: str = SOURCE) -> list[Conversation]:
     p = Path(path)
     reader = csv.reader(io.StringIO(read_text(p), newline=""), strict=True)
@@ -72,19 +87,7 @@ def read_spc_csv(path: str | Path, source: str = SOURCE) -> list[Conversation]:
         if len(row) <= max(index):
             raise InputError(f"row {row_no} has {len(row)} field(s), expected {max(index) + 1}", p, start)
         user1, user2, raw = (row[i] for i in index)
-        parsed = parse_dialogue(raw)
-        out.append(
-            Conversation(
-                id=f"{source}-{len(out):05d}",
-                user1_persona=_personas(user1),
-                user2_persona=_personas(user2),
-                turns=parsed.turns,
-                source=source,
-                raw=raw,
-                defects=parsed.defects,
-                label_forms=parsed.label_forms or None,
-            )
-        )
+        out.append(spc_conversation(user1, user2, raw, len(out), source))
     if index is None:
         raise InputError("empty file", p)
     if not out:
