@@ -38,6 +38,10 @@ def test_target_kept_generates_until_enough_are_kept(tmp_path: Path) -> None:
     again = cli("run", "--dry-run", "--backend", "fake", "--out", str(out), "--target-kept", "20", *SMALL)
     rate = sum(r["kept"] for r in rounds) / sum(r["pairs"] for r in rounds)
     assert f"keep rate of {rate:.2f} (measured)" in again.stdout
+    capped = cli("run", "--dry-run", "--backend", "fake", "--out", str(out), "--target-kept", "20", *SMALL,
+                 "--set", "pair.max_pairs=12")
+    said = " ".join(capped.stdout.split())
+    assert f"but pair.max_pairs caps them at 12: about {round(12 * rate)} kept; raise --max-pairs to" in said, said
     # Not enough pairs: everything is used, and the shortfall is said.
     short = cli("generate", "--backend", "fake", "--out", str(out), "--target-kept", "40", "--candidates", "1", *SMALL,
                 "--set", "pair.max_pairs=40", "--set", "generate.min_utterances=10")

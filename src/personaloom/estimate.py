@@ -155,7 +155,9 @@ def estimate(config: RunConfig) -> dict[str, Any]:
     rate, source = keep_rate(Path(config.out))
     if config.generate.target_kept is not None:
         result["target_kept"] = {"kept": config.generate.target_kept, "keep_rate": round(rate, 4),
-                                 "keep_rate_from": source, "pairs": pairs_needed(config)}
+                                 "keep_rate_from": source, "pairs": pairs_needed(config),
+                                 "pairs_needed": math.ceil(config.generate.target_kept / rate),
+                                 "max_pairs": config.pair.max_pairs}
     cost = config.prices.cost(total["prompt_tokens"], total["completion_tokens"])
     if cost is not None:
         result["cost"] = round(cost, 4)
@@ -190,8 +192,12 @@ def print_estimate(config: RunConfig) -> dict[str, Any]:
                       f"{pk['keep_rate']:.2f}, {pk['keep_rate_from']})")
     if "target_kept" in result:
         tk = result["target_kept"]
-        console.print(f"--target-kept {tk['kept']}: about {tk['pairs']:,} pairs at a keep rate of "
-                      f"{tk['keep_rate']:.2f} ({tk['keep_rate_from']})")
+        line = (f"--target-kept {tk['kept']}: about {tk['pairs_needed']:,} pairs at a keep rate of "
+                f"{tk['keep_rate']:.2f} ({tk['keep_rate_from']})")
+        if tk["pairs_needed"] > tk["max_pairs"]:
+            line += (f", but pair.max_pairs caps them at {tk['max_pairs']:,}: about "
+                     f"{round(tk['max_pairs'] * tk['keep_rate']):,} kept; raise --max-pairs to {tk['pairs_needed']:,}")
+        console.print(line)
     if any(r["tokens_per_call_source"].startswith("default (") for r in result["stages"].values()):
         console.print("The server reported no token usage for some stages: their tokens are the built-in guesses.")
     console.print("Cached calls are free: a resumed run pays only for what is not in cache.sqlite yet.")
