@@ -160,3 +160,32 @@ def test_progress_display_on_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_pat
         asyncio.run(llm.aclose())
     quiet = LLM(backend, None, Stats(), progress=False)
     assert quiet.run([req("c")])[0].ok
+
+
+def test_progress_keeps_its_eta_while_requests_arrive_and_its_rate_once_done() -> None:
+    """Totals grow as callers submit: that must not drop the speed samples (the ETA column would stay blank
+    for the whole stage), and a finished stage's tokens/s is over its own time, not decaying afterwards."""
+    import time
+
+    from personaloom.executors.local import Endpoint, _StageProgress, _TokenRate
+
+    progress, endpoint = _StageProgress(True), Endpoint("e", 4)
+    endpoint.limit = 2
+    assert progress._progress is not None
+    try:
+        progress.submitted("s", 10)
+        for _ in range(5):
+            progress.finished("s", ChatResult(texts=["x"], usage=Usage(completion_tokens=10)), endpoint)
+            progress.submitted("s", 1)  # more requests arrive as others finish
+            time.sleep(0.01)
+        task = progress._progress.tasks[progress._tasks["s"]]
+        assert task.total == 15 and task.completed == 5 and task.speed is not None
+        assert task.fields["limit"] == "2 at once (cut from 4)"
+        for _ in range(10):
+            progress.finished("s", ChatResult(texts=["x"], usage=Usage(completion_tokens=10)), endpoint)
+        assert task.finished
+        rate = str(_TokenRate().render(task))
+        time.sleep(0.3)
+        assert str(_TokenRate().render(task)) == rate and rate.endswith("tok/s")
+    finally:
+        progress.stop()

@@ -57,11 +57,11 @@ DEAD_AFTER = 24
 
 
 class _TokenRate(ProgressColumn):
-    """Completion tokens per second of a stage's paid calls."""
+    """Completion tokens per second of a stage's paid calls (over its time until done, once done)."""
 
     def render(self, task: Task) -> Text:
         tokens = float(task.fields.get("tokens", 0))
-        elapsed = task.elapsed or 0.0
+        elapsed = (task.finished_time if task.finished else task.elapsed) or 0.0
         rate = tokens / elapsed if elapsed > 0 else 0.0
         return Text(f"{rate:,.0f} tok/s", style="progress.data.speed")
 
@@ -97,18 +97,21 @@ class _StageProgress:
     def submitted(self, stage: str, n: int) -> None:
         task = self._task(stage)
         if self._progress is not None and task is not None:
-            total = self._progress.tasks[task].total or 0
-            self._progress.update(task, total=total + n)
+            # Raised in place: Progress.update(total=...) drops the speed samples, and with requests arriving
+            # all the time the ETA never showed.
+            state = self._progress.tasks[task]
+            state.total = (state.total or 0) + n
+            state.finished_time = None
 
     def finished(self, stage: str, result: ChatResult, endpoint: Endpoint) -> None:
         task = self._task(stage)
         if self._progress is None or task is None:
             return
         fields = self._progress.tasks[task].fields
-        # The endpoint's current bound, and its configured one when overload brought it down.
-        limit = f"{endpoint.limit} in flight"
+        # The endpoint's current bound on requests at once, and its configured one when overload cut it.
+        limit = f"{endpoint.limit} at once"
         if endpoint.limit < endpoint.ceiling:
-            limit += f" (of {endpoint.ceiling})"
+            limit += f" (cut from {endpoint.ceiling})"
         if result.cached:
             self._progress.update(task, advance=1, hits=fields["hits"] + 1, limit=limit)
         else:
