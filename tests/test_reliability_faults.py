@@ -118,6 +118,10 @@ def test_server_gone_mid_run_exits_2_with_one_line_and_keeps_finished_work(tmp_p
     assert len(errors) == 1 and errors[0].startswith("personaloom: error: "), errors
     assert "127.0.0.1" in errors[0] and "base-url" in errors[0]
     assert gave_up_s < 120  # bounded retries, not a hang
+    # What stopped it is in stats.json, and the calls that met it are counted and listed.
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["partial"] is True and "cannot reach" in stats["stopped_by"] and stats["llm"]["errors"] >= 1
+    assert any("cannot reach" in f["detail"] for f in read_jsonl(out / "failures.jsonl"))
     # Finished work is kept, intact.
     assert (out / "attributes.jsonl").read_bytes() == attributes
     assert read_jsonl(out / "attributes.jsonl")

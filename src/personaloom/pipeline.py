@@ -58,7 +58,7 @@ from personaloom.stages.iteration import (
     read_selected,
     split_rounds,
 )
-from personaloom.stats import Stats
+from personaloom.stats import Stats, first_line
 from personaloom.stop import RunStopped, StopSignal
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
@@ -418,10 +418,12 @@ def _run(config: RunConfig, until: str, only: str | None, calibrate: bool) -> No
                 f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
                 f"(also spc.csv, dataset/, README.md, stats.json, report.html)"
             )
-    except BaseException:
+    except BaseException as exc:
         # Counters of this invocation are worth keeping even when it stopped early, but failing to
         # write them (disk full) must not hide the error that stopped the run.
         pipe.stats.extra["partial"] = True
+        # What stopped it: the dataset files, if any, are then those of the last invocation that finished.
+        pipe.stats.extra["stopped_by"] = first_line(str(exc)) or type(exc).__name__
         with contextlib.suppress(OutputError):
             write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
         raise

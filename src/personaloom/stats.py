@@ -49,10 +49,11 @@ class Stats:
     def _stage(self, name: str) -> dict[str, Any]:
         return self.stages.setdefault(name, {"wall_s": 0.0, **{k: 0 for k in LLM_KEYS}})
 
-    def record_call(self, stage: str, result: ChatResult, item_id: str | None = None) -> None:
-        """Account one request's result: a cache hit costs nothing; a miss counts as a paid call."""
+    def record_call(self, stage: str, result: ChatResult, item_id: str | None = None, echo: bool = True) -> None:
+        """Account one request's result: a cache hit costs nothing; a miss counts as a paid call. `echo`: say a
+        new error message on stderr (not for one the run stops on: its CLI error line says it)."""
         if result.error is not None:
-            self._record_error(stage, result.error, item_id)
+            self._record_error(stage, result.error, item_id, echo)
         with self._lock:
             st = self._stage(stage)
             if result.cached:
@@ -70,14 +71,14 @@ class Stats:
                 self.llm[k] += v
                 st[k] += v
 
-    def _record_error(self, stage: str, error: str, item_id: str | None) -> None:
+    def _record_error(self, stage: str, error: str, item_id: str | None, echo: bool = True) -> None:
         message = first_line(error)
         with self._lock:
             new = (stage, message) not in self.errors
             self.errors[(stage, message)] += 1
             if len(self.failed_calls) < MAX_FAILED_CALLS:
                 self.failed_calls.append((stage, item_id or "", error))
-        if new and self.echo_errors:
+        if new and echo and self.echo_errors:
             print(f"personaloom: {stage}: LLM call failed: {message}", file=sys.stderr, flush=True)
 
     def stage_errors(self, prefix: str) -> tuple[int, int, str | None]:

@@ -287,7 +287,12 @@ class LLM:
             start = time.perf_counter()
             try:
                 results = await self.backend.agenerate([request])
-            except (BackendError, asyncio.CancelledError):
+            except BackendError as exc:
+                # The run stops on it; the call still counts as failed (stats.json, failures.jsonl).
+                failed = ChatResult(error=str(exc))
+                self.stats.record_call(request.stage, failed, request.metadata.get("id"), echo=False)
+                raise
+            except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a backend bug must not kill a run: it becomes this request's error
                 elapsed = time.perf_counter() - start
