@@ -67,6 +67,18 @@ def test_results_in_order_and_accounted_per_stage() -> None:
     assert llm.run([]) == []
 
 
+def test_an_llm_stage_gets_its_span_as_wall_time() -> None:
+    """A stage no `Stats.stage` block times (critic.depth, say) has its first-submitted-to-last-result span."""
+    stats = Stats()
+    llm = LLM(TimedBackend(4), None, stats, progress=False)
+    llm.run([req("sleep 0.2: a", "critic"), req("b")])
+    stages = stats.to_dict()["stages"]
+    assert 0.2 <= stages["critic"]["wall_s"] < 2 and 0 < stages["generate"]["wall_s"] < 0.2
+    with stats.stage("generate"):  # a timed stage keeps its own figure
+        pass
+    assert stats.to_dict()["stages"]["generate"]["wall_s"] < 0.01
+
+
 class GatedBackend(TimedBackend):
     """A request named "gate..." waits until `gate` is set; every other one returns at once."""
 

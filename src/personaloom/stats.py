@@ -8,7 +8,9 @@ Out: the `stats.json` shape of DESIGN.md §3:
    "llm_errors": [{"stage", "message", "count"}]}          (the servers' own words, per distinct message)
 `usage_unknown` counts paid calls whose server reported no token usage: their tokens are unknown, not 0.
 The first time a distinct error message is seen it is printed on stderr (one line), and every failed call
-is kept (stage, item id, message; at most MAX_FAILED_CALLS) for the run's failures.jsonl.
+is kept (stage, item id, message; at most MAX_FAILED_CALLS) for the run's failures.jsonl. A stage timed by
+no `stage` block (an LLM stage such as critic.depth, whose calls interleave with others') gets as `wall_s`
+its span: from its first request submitted (`began`) to its last result.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class Stats:
         self.errors: Counter[tuple[str, str]] = Counter()
         self.failed_calls: list[tuple[str, str, str]] = []
         self.echo_errors = True
+        # stage -> [first request submitted, last result] (time.perf_counter), for stages no `stage` block times
+        self._spans: dict[str, list[float]] = {}
+        self._timed: set[str] = set()
+
+    def began(self, stage: str) -> None:
+        """Requests of `stage` were submitted (the first time starts its span)."""
+        with self._lock:
+            self._spans.setdefault(stage, [time.perf_counter(), 0.0])
 
     def _stage(self, name: str) -> dict[str, Any]:
         return self.stages.setdefault(name, {"wall_s": 0.0, **{k: 0 for k in LLM_KEYS}})
@@ -70,6 +80,9 @@ class Stats:
             for k, v in keys.items():
                 self.llm[k] += v
                 st[k] += v
+            span = self._spans.get(stage)
+            if span is not None:
+                span[1] = time.perf_counter()
 
     def _record_error(self, stage: str, error: str, item_id: str | None, echo: bool = True) -> None:
         message = first_line(error)
@@ -107,12 +120,17 @@ class Stats:
         finally:
             with self._lock:
                 self._stage(name)["wall_s"] += round(time.perf_counter() - start, 3)
+                self._timed.add(name)
 
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
+            stages = {k: dict(v) for k, v in self.stages.items()}
+            for name, (first, last) in self._spans.items():
+                if name in stages and name not in self._timed and last > first:
+                    stages[name]["wall_s"] = round(last - first, 3)
             return {
                 "llm": dict(self.llm),
-                "stages": {k: dict(v) for k, v in self.stages.items()},
+                "stages": stages,
                 "conversations": self.conversations,
                 "failures": dict(self.failures),
                 "llm_errors": [{"stage": st, "message": m, "count": n} for (st, m), n in self.errors.items()],

@@ -377,6 +377,7 @@ class LLM:
             stages[r.stage] = stages.get(r.stage, 0) + 1
         for stage, n in stages.items():
             self._progress.submitted(stage, n)
+            self.stats.began(stage)
         self._fresh_loop()
         results = await gather_all(self._one(r) for r in requests)
         if any(r is _SKIPPED for r in results):
