@@ -119,6 +119,27 @@ def test_an_exhausted_quota_stops_the_run_with_the_servers_words() -> None:
         assert server.stats()["total"] == 1
 
 
+def test_a_server_still_loading_its_model_is_waited_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp's server answers 503 "Loading model" until its model is loaded: the requests wait for it
+    (said once), are not failures or retries, and the concurrency bound is not cut."""
+    loading = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+    with LoopbackServer(respond=lambda n, body: (503, {}, loading) if n < 12 else None) as server:
+        backend = backend_for(server, concurrency=4, max_retries=1)
+        waited: list[float] = []
+
+        async def record(seconds: float) -> None:
+            waited.append(seconds)
+
+        backend.sleep = record
+        llm = LLM(backend, None, Stats(), progress=False)
+        results = llm.run([req(f"r{i}") for i in range(4)])
+        assert [r.text for r in results] == [f"r{i}" for i in range(4)]
+        assert all(r.retries == 0 for r in results) and llm.endpoint.limit == 4 and llm.endpoint.cuts == 0
+        assert waited == [2.0] * 12 and server.stats()["total"] == 16
+    said = capsys.readouterr().err
+    assert said.count("is still loading its model; waiting for it") == 1
+
+
 def test_a_reask_that_fails_in_transport_is_an_uncached_failure(tmp_path: Path) -> None:
     """The reply was not JSON and asking again met a 503: the request failed (not the invalid text as an
     answer), nothing is cached, and a re-run asks again and gets a good reply."""

@@ -58,6 +58,10 @@ LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
 _RETRY_STATUS = {408, 409, 425, 429}
 # A 429 (or 402/403) with one of these error types or codes is not a rate limit: the account's quota, credit or
 # spend limit is used up, and retrying will not bring access back (OpenAI's error-code guide).
+# How long a server that says it is still loading its model is waited for (seconds, over the whole run), and
+# how often it is asked again meanwhile.
+LOADING_WAIT_S = 600.0
+_LOADING_POLL_S = 2.0
 _QUOTA_CODES = {"insufficient_quota", "credit_balance_exhausted", "organization_spend_limit_exceeded",
                 "project_spend_limit_exceeded", "billing_hard_limit_reached", "billing_not_active"}
 # Request fields a strict server may refuse and that can be left out (the server's default applies).
@@ -75,13 +79,15 @@ class _Retryable(Exception):
     """A transport-level failure worth another try (the message is key-free)."""
 
     def __init__(self, message: str, retry_after: float | None = None, refused: str | None = None,
-                 overload: bool = False) -> None:
+                 overload: bool = False, loading: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         # Nothing reachable at the URL: how ("connection refused", "ClientConnectorDNSError", ...).
         self.refused = refused
         # 429, 503 or a timeout: the server has more than it can take (the executor lowers its bound).
         self.overload = overload
+        # llama.cpp's server answers 503 "Loading model" until its model is loaded: not up yet, not overloaded.
+        self.loading = loading
 
 
 class _Rejected(Exception):
@@ -338,6 +344,7 @@ class OpenAIBackend(Backend):
         self._client: openai.AsyncOpenAI | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jitter = random.Random()
+        self._loading_since: float | None = None  # when the server first said it was loading its model
         # How the backend waits between retries (a test injects a recorder instead of the clock).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -461,6 +468,8 @@ class OpenAIBackend(Backend):
                     f"{message}: the account's quota or credit is used up, and retrying will not help; add "
                     "credit or raise the limit, then re-run the same command (finished calls are cached)"
                 ) from None
+            if status == 503 and "loading model" in said.lower():
+                raise _Retryable(message, loading=True) from None
             if status in _RETRY_STATUS or status >= 500:
                 after = _retry_after(exc.response.headers)
                 raise _Retryable(message, after, overload=status in (429, 503)) from None
@@ -504,6 +513,8 @@ class OpenAIBackend(Backend):
                     continue
                 raise
             except _Retryable as exc:
+                if exc.loading and await self._wait_for_model():
+                    continue  # not a retry: the server was not up yet
                 too_long = exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_S
                 if exc.overload and self.on_overload is not None:
                     self.on_overload(None if too_long else exc.retry_after)
@@ -525,6 +536,19 @@ class OpenAIBackend(Backend):
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
                 if not await self._pause(delay):
                     raise _Failed(f"{exc} (not retried: the run is stopping)", attempt - 1) from None
+
+    async def _wait_for_model(self) -> bool:
+        """The server says it is loading its model: wait a poll interval and say so once; False once
+        LOADING_WAIT_S have passed since it first said so (then it is a failure like any other) or the user
+        asked to stop."""
+        now = time.monotonic()
+        if self._loading_since is None:
+            self._loading_since = now
+            print(f"personaloom: {self.base_url} is still loading its model; waiting for it "
+                  f"(up to {LOADING_WAIT_S:.0f} s)", file=sys.stderr, flush=True)
+        if now - self._loading_since >= LOADING_WAIT_S:
+            return False
+        return await self._pause(_LOADING_POLL_S)
 
     async def _pause(self, seconds: float) -> bool:
         """Wait `seconds` before a retry; False as soon as the user asks the run to stop (checked every
