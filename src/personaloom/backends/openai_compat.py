@@ -288,27 +288,27 @@ def connection_failure(exc: BaseException) -> tuple[str, str]:
     return "other", type(cause).__name__ if cause is not None else "connection error"
 
 
+def _finite(text: Any) -> float | None:
+    """A header's value as a finite number, or None (absent, not a number, inf or nan)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _retry_after(headers: Any) -> float | None:
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            millis = float(ms)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(millis):
-                return max(0.0, millis / 1000.0)
+    millis = _finite(headers.get("retry-after-ms"))
+    if millis is not None:
+        return max(0.0, millis / 1000.0)
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -292,8 +292,6 @@ class LLM:
                 failed = ChatResult(error=str(exc))
                 self.stats.record_call(request.stage, failed, request.metadata.get("id"), echo=False)
                 raise
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # a backend bug must not kill a run: it becomes this request's error
                 elapsed = time.perf_counter() - start
                 results = [ChatResult(error=f"{type(exc).__name__}: {exc}", latency_s=elapsed)]
