@@ -29,7 +29,9 @@ def imports(root: Path) -> dict[str, set[str]]:
                 base = node.module or ""
                 if node.level:
                     base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], base]).strip(".")
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+                # `from pkg import submodule` depends on the submodule, not on what pkg/__init__ imports.
+                names = [f"{base}.{a.name}" for a in node.names]
+                targets = names if all(n in modules for n in names) else [base, *names]
             for target in targets:
                 # The deepest personaloom module the import names (a name inside a module counts as it).
                 while target and target not in modules:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,6 +98,13 @@ def _flags(
     return build_config(config, sets or [], flags)
 
 
+def _stop() -> Any:
+    """The command line's stop: Ctrl-C once stops gracefully, twice exits at once."""
+    from personaloom.stop import StopSignal
+
+    return StopSignal()
+
+
 def _feature_flags(big_five: bool | None, language: str | None, sessions: int | None) -> dict[str, Any]:
     return {"big_five.enabled": big_five, "language": language, "sessions.count": sessions}
 
@@ -132,7 +140,7 @@ def run(
     seed: SeedOpt = None,
 ) -> None:
     """Seed -> expand -> profiles -> pair -> K rounds of generate + critique -> dataset."""
-    from personaloom import pipeline
+    from personaloom import api
 
     cfg = _flags(
         config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
@@ -154,7 +162,7 @@ def run(
 
         print_estimate(cfg)
         return
-    pipeline.run(cfg, until="all", calibrate=calibrate)
+    api.run(cfg, calibrate=calibrate, stop=_stop())
 
 
 @app.command()
@@ -174,11 +182,11 @@ def expand(
     seed: SeedOpt = None,
 ) -> None:
     """Query induction + persona bootstrapping: writes attributes.jsonl and expansion statistics."""
-    from personaloom import pipeline
+    from personaloom import api
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
                  **{"expand.new_attributes": new_attributes, "seed_format": seed_format})
-    pipeline.run(cfg, until="expand")
+    api.expand(cfg, stop=_stop())
 
 
 @app.command()
@@ -196,11 +204,11 @@ def profiles(
     seed: SeedOpt = None,
 ) -> None:
     """Build consistent user profiles from attributes.jsonl: writes profiles.jsonl."""
-    from personaloom import pipeline
+    from personaloom import api
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
                  **{"profiles.profiles": n_profiles, "big_five.enabled": big_five})
-    pipeline.run(cfg, until="profiles", only="profiles")
+    api.profiles(cfg, stop=_stop())
 
 
 @app.command()
@@ -221,12 +229,12 @@ def pair(
     seed: SeedOpt = None,
 ) -> None:
     """Pair similar profiles from profiles.jsonl: writes pairs.jsonl."""
-    from personaloom import pipeline
+    from personaloom import api
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
                  **{"pair.max_pairs": max_pairs, "pair.keep_seed_pairs": keep_seed_pairs,
                     "big_five.enabled": big_five})
-    pipeline.run(cfg, until="pair", only="pair")
+    api.pair(cfg, stop=_stop())
 
 
 @app.command()
@@ -250,7 +258,7 @@ def generate(
     seed: SeedOpt = None,
 ) -> None:
     """Generator + Critic rounds over pairs.jsonl: writes iterations/ and the dataset."""
-    from personaloom import pipeline
+    from personaloom import api
 
     cfg = _flags(
         config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
@@ -263,7 +271,7 @@ def generate(
             **_feature_flags(big_five, language, sessions),
         },
     )
-    pipeline.run(cfg, until="generate", only="generate")
+    api.generate(cfg, stop=_stop())
 
 
 @app.command()
@@ -285,9 +293,15 @@ def evaluate(
     calibrate: CalibrateOpt = False,
 ) -> None:
     """Evaluate a dataset against human data: defects, diversity, hits@1, Turing and faithfulness tests."""
-    from personaloom.evaluate.command import evaluate_command
+    from personaloom.api import evaluate as run_evaluation
+    from personaloom.evaluate.command import print_metrics
 
-    evaluate_command(data, reference, out, judge, model, base_url, limit, seed, calibrate)
+    started = time.perf_counter()
+    result = run_evaluation(data, reference, out=out, judge=judge, model=model, base_url=base_url, limit=limit,
+                            seed=seed, calibrate=calibrate)
+    print_metrics(result.metrics)
+    typer.echo(f"wrote {result.metrics_path} and {result.report_path} in {time.perf_counter() - started:.1f} s",
+               err=True)
 
 
 @app.command("calibrate")
@@ -310,10 +324,10 @@ def calibrate_judges(
     seed: SeedOpt = None,
 ) -> None:
     """Measure every configured judge on labelled probes: accuracy, bias, kappa -> OUT/calibration.json."""
-    from personaloom.calibrate.command import calibrate as run_calibration
+    from personaloom import api
 
     cfg = _flags(config, out, None, backend, model, base_url, sets, no_cache, seed, **{"critic.mode": critic})
-    run_calibration(cfg, Path(cfg.out), data, reference, limit)
+    api.calibrate(cfg, data=data, reference=reference, limit=limit)
 
 
 @app.command()
@@ -335,9 +349,9 @@ def convert(
     seed: Annotated[int, typer.Option("--seed", help="Seed for distractor sampling.")] = 0,
 ) -> None:
     """Convert between dataset formats."""
-    from personaloom.io.convert import convert as do_convert
+    from personaloom import api
 
-    report = do_convert(src, dst, to=to, fmt=fmt, candidates=candidates, seed=seed)
+    report = api.convert(src, dst, to=to, format=fmt, candidates=candidates, seed=seed)
     typer.echo(report)
 
 

@@ -370,6 +370,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def set_setting(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted setting `key` ("generate.pairs") to `value` in a nested dict of settings (a section that
+    is not a mapping yet becomes one)."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
 def build_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -379,16 +392,15 @@ def build_config(
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
     apply_overrides(data, list(overrides or []))
     for key, value in (flags or {}).items():
-        if value is None:
-            continue
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
+        if value is not None:
+            set_setting(data, key, value)
+    return resolve_config(data, path)
+
+
+def resolve_config(data: dict[str, Any], source: str | Path | None = None) -> RunConfig:
+    """Settings as given (a nested dict; `data` is completed in place) -> a validated RunConfig: the embedded
+    small model's defaults and the sizes `--pairs` implies filled in where unset, then validated. ConfigError
+    names the setting (and `source`, the config file, when there is one)."""
     _small_model_defaults(data)
     _derive_sizes(data)
     try:
@@ -396,9 +408,9 @@ def build_config(
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        source = f"{path}: " if path is not None else ""
+        prefix = f"{source}: " if source is not None else ""
         msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{source}setting {loc}: {msg}") from None
+        raise ConfigError(f"{prefix}setting {loc}: {msg}") from None
 
 
 def _derive_sizes(data: dict[str, Any]) -> None:

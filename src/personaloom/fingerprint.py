@@ -64,6 +64,34 @@ def backends_of(spec: StageInputs, config: RunConfig) -> list[dict[str, Any]]:
     return found
 
 
+def registered_experts(spec: StageInputs) -> list[dict[str, str]]:
+    """For a stage the Critic judges: the experts registered beyond the built-in ones (a notebook's, a plugin's),
+    by name, kind, class and the source of the methods that decide their verdicts, so that adding or changing
+    one recomputes the stage."""
+    if spec.llm != "critic":
+        return []
+    import inspect
+
+    from personaloom.records import ALL_EXPERTS
+    from personaloom.stages.critic import registry
+
+    found = []
+    for name in registry.names():
+        if name in ALL_EXPERTS:
+            continue
+        cls = type(registry.get(name))
+        source = []
+        for method in ("request", "parse", "applies"):
+            try:
+                source.append(inspect.getsource(getattr(cls, method)))
+            except (OSError, TypeError):  # no source at hand (compiled, or gone): the class's name stands for it
+                source.append(method)
+        digest = hashlib.sha256("\n".join(source).encode("utf-8")).hexdigest()[:16]
+        found.append({"name": name, "kind": cls.kind, "class": f"{cls.__module__}.{cls.__qualname__}",
+                      "source": digest})
+    return found
+
+
 def template_texts(globs: tuple[str, ...]) -> dict[str, str]:
     folder = resources.files("personaloom.prompts")
     names = sorted(
@@ -88,6 +116,9 @@ def fingerprint(spec: StageInputs, config: RunConfig, upstream: str | None, *inp
         "templates": template_texts(spec.templates),
         "inputs": [_dump(x) for x in inputs],
     }
+    experts = registered_experts(spec)
+    if experts:  # only then: run directories made before this field existed keep their fingerprints
+        payload["experts"] = experts
     blob = json.dumps(payload, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 

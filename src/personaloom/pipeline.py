@@ -16,7 +16,6 @@ every failed call is listed in failures.jsonl. Ctrl-C writes what was kept so fa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import json
@@ -67,7 +66,7 @@ console = Console(stderr=True, highlight=False)
 
 
 class Pipeline:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, stop: StopSignal | None = None, progress: bool | None = None) -> None:
         self.config = config
         self.out = ensure_dir(config.out)
         remove_stale_temp(self.out)
@@ -75,8 +74,8 @@ class Pipeline:
         self.state = RunState.load(self.out / "state.json")
         # The usage of the earlier invocations on this run directory (stats.json's `total` grows with each).
         self.earlier = earlier_usage(self.out)
-        self.stop = StopSignal()
-        self.clients = Clients(config, self.out, self.stats, self.stop)
+        self.stop = stop if stop is not None else StopSignal()
+        self.clients = Clients(config, self.out, self.stats, self.stop, progress)
         # True when the user stopped the run: `generate` returned what was kept so far.
         self.partial = False
         self._embedder: Any = None
@@ -348,11 +347,11 @@ class Pipeline:
                       f"{summary['kept']}, failures {summary['failures']}")
         return selected
 
-    def write_report(self) -> None:
+    async def write_report(self) -> None:
         from personaloom.evaluate.suite import evaluate
 
         with self.stats.stage("report"):
-            asyncio.run(evaluate(self.out, None, self.out, judge=None, seed=self.config.seed))
+            await evaluate(self.out, None, self.out, judge=None, seed=self.config.seed)
 
 
 async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConversations | None:
@@ -379,41 +378,52 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
         await pipe.clients.aclose()
 
 
-def run(config: RunConfig, until: str = "all", only: str | None = None, calibrate: bool = False) -> None:
+async def execute(config: RunConfig, until: str = "all", only: str | None = None, calibrate: bool = False,
+                  stop: StopSignal | None = None, progress: bool | None = None) -> None:
     """Run the pipeline up to and including `until` ("expand", "profiles", "pair", "generate"/"all");
     `only="<stage>"` runs that one stage on the previous stages' files (the one-stage commands); with
-    `calibrate`, the judges are measured first (calibrate/command.py: warnings, calibrated weights)."""
+    `calibrate`, the judges are measured first (calibrate/command.py: warnings, calibrated weights). `stop`:
+    the run's StopSignal (its `request()` stops it gracefully; RunStopped is raised once what was kept is
+    written); `progress`: the display (None auto, True shown, False none). Raises PersonaloomError subclasses."""
     # The imports' objects (and after expand, the embedding model's; after pairing, the pairs) live as long
     # as the run: frozen, the cyclic collector stops rescanning them on every full collection (measured:
     # -19% CPU of a 1,000-pair run; a larger first generation: -5% more). Refcounting still frees them.
-    # The caller's collector settings come back afterwards.
-    threshold = gc.get_threshold()
+    # The caller's collector settings come back afterwards (a caller's own frozen objects stay frozen).
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     try:
-        _run(config, until, only, calibrate)
+        await _execute(config, until, only, calibrate, stop, progress)
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if not frozen:
+            gc.unfreeze()
 
 
-def _run(config: RunConfig, until: str, only: str | None, calibrate: bool) -> None:
+def run(config: RunConfig, until: str = "all", only: str | None = None, calibrate: bool = False) -> None:
+    """`execute` from synchronous code, wherever it is called (personaloom.runner)."""
+    from personaloom.runner import run_sync
+
+    stop = StopSignal()
+    run_sync(lambda: execute(config, until, only, calibrate, stop), stop)
+
+
+async def _execute(config: RunConfig, until: str, only: str | None, calibrate: bool, stop: StopSignal | None,
+                   progress: bool | None) -> None:
     started, cfg = time.perf_counter(), config
     seeds = load_seed_set(cfg.seed_data, cfg.seed_format, cfg.expand.personas, cfg.seed) if calibrate else None
-    pipe = Pipeline(prepare(config, seeds.conversations if seeds is not None else None))
+    pipe = Pipeline(await prepare(config, seeds.conversations if seeds is not None else None), stop, progress)
     config = pipe.config
     atomic_write_text(pipe.out / "config.yaml", dump_config(config))
-    # From the first LLM call to the last file written: a second Ctrl-C exits at once wherever it lands.
-    pipe.stop.install()
     try:
-        conversations = asyncio.run(_run_async(pipe, until, only))
+        conversations = await _run_async(pipe, until, only)
         pipe.stats.extra["partial"] = pipe.partial
         if conversations is not None:
             with pipe.stats.stage("write"):
                 write_dataset(pipe.out, conversations, config, pipe.stats, pipe.seed_set.name)
                 # The report shows this invocation's usage: stats.json first (written again at the end).
                 write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
-            pipe.write_report()
+            await pipe.write_report()
             console.print(
                 f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
                 f"(also spc.csv, dataset/, README.md, stats.json, report.html)"
@@ -427,8 +437,6 @@ def _run(config: RunConfig, until: str, only: str | None, calibrate: bool) -> No
         with contextlib.suppress(OutputError):
             write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
         raise
-    finally:
-        pipe.stop.uninstall()
     write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
     print_totals(pipe.stats, time.perf_counter() - started)
     if pipe.partial:
@@ -436,4 +444,4 @@ def _run(config: RunConfig, until: str, only: str | None, calibrate: bool) -> No
                          f"(partial); re-run the same command to resume")
 
 
-__all__ = ["STAGES", "Pipeline", "run"]
+__all__ = ["STAGES", "Pipeline", "execute", "run"]

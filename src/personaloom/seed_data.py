@@ -27,6 +27,8 @@ class SeedSet:
     attributes: list[Attribute]
     conversations: list[Conversation]
     personas: list[PersonaRecord] = field(default_factory=list)
+    # False when `conversations` are the shipped examples standing in for seed data that has none.
+    own_pairs: bool = True
 
     def identity(self) -> list[Any]:
         """What the expansion's output depends on (its resume fingerprint's data input)."""
@@ -35,6 +37,8 @@ class SeedSet:
 
     @property
     def pairs(self) -> list[Pair]:
+        if not self.own_pairs:
+            return []
         return [
             Pair(
                 id=f"seed-pair-{i:05d}",
@@ -76,4 +80,8 @@ def load_seed_set(seed_data: str | None, fmt: str | None = None, personas: int =
         raise InputError("no persona attributes found in the seed data", path=path)
     # Turns are canonical whatever label form the file used: only real defects keep an example out.
     examples = [c for c in conversations if c.turns and set(c.defects) <= {"nonstandard_labels"}]
+    if not examples:
+        # Personas without conversations (personaloom.run(seed_data=[[...], ...])): the Generator's first
+        # few-shot examples come from the shipped set, as for a persona collection; there are no seed pairs.
+        return SeedSet(path.name, list(seen.values()), seed_conversations(), own_pairs=False)
     return SeedSet(path.name, list(seen.values()), examples)

@@ -1,12 +1,15 @@
 """Graceful stop of a run: the first Ctrl-C (SIGINT) or SIGTERM stops new LLM calls; the second exits at once.
 
-In: nothing (`StopSignal.install`, in the main thread, for the span of a run). Out: `requested`, which the
+In: a signal (`StopSignal.install`, in the main thread only, for the span of a run), or a call of `request`
+from any thread (the Python API: a notebook's kernel interrupt, a cancelled task, a Stop button). Out:
+`requested`, which the
 executor reads before it sends a request: after the first signal no new request goes out (a cached answer
 is still served), requests already at the server finish and are cached, a request waiting to retry gives up
 (uncached), and the stage that needed the skipped ones raises `RunStopped`. The pipeline then writes what
 was kept so far, marked `"partial": true` (stats.json and the dataset card), and exits 130; re-running the
 same command resumes (every finished call is cached). A second signal exits the process at once with 130
-(the cache is committed per result, so nothing paid for is lost).
+(the command line), or raises KeyboardInterrupt in the main thread (a library caller: its process, a notebook's
+kernel say, must live on); the cache is committed per result, so nothing paid for is lost.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunStopped(PersonaloomError):
-    """The user stopped the run (Ctrl-C or SIGTERM); exit 130."""
+    """The user stopped the run (Ctrl-C, SIGTERM, an interrupted notebook cell, a cancelled task); exit 130.
+    Raised by the Python API with `run` set: the partial `personaloom.Run`, which a second call resumes."""
 
     exit_code = 130
+    run: Any = None
 
 
 class StopSignal:
-    """Whether the user asked the run to stop (see the module docstring)."""
+    """Whether the user asked the run to stop (see the module docstring). `exit_at_once`: a second signal ends
+    the process (os._exit(130), the command line); False (the Python API) raises KeyboardInterrupt instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, exit_at_once: bool = True) -> None:
         self.requested = False
+        self.exit_at_once = exit_at_once
         self._installed: list[tuple[signal.Signals, Any]] = []
         # Python runs a handler once however many times its signal came while the main thread was inside one
         # C call, so two quick presses would read as one; the wake-up pipe gets a byte per signal delivered.
@@ -82,11 +89,20 @@ class StopSignal:
         if self.requested:
             sys.stderr.write("personaloom: stopped at once (finished calls are cached; re-run to resume)\n")
             sys.stderr.flush()
-            os._exit(130)
+            if self.exit_at_once:
+                os._exit(130)
+            raise KeyboardInterrupt
+        self.request("Ctrl-C again to quit at once")
+
+    def request(self, again: str = "interrupt again to quit at once") -> None:
+        """Ask the run to stop gracefully (any thread; a second call does nothing more). `again`: how to stop
+        at once, for the message."""
+        if self.requested:
+            return
         self.requested = True
         sys.stderr.write(
-            "\npersonaloom: stopping: no new LLM calls; the ones in flight finish, then what was kept so far is "
-            "written (Ctrl-C again to quit at once)\n"
+            f"\npersonaloom: stopping: no new LLM calls; the ones in flight finish, then what was kept so far is "
+            f"written ({again})\n"
         )
         sys.stderr.flush()
 

@@ -13,7 +13,6 @@ re-running is free.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -92,8 +91,9 @@ async def measure_all(config: RunConfig, route: Router, stats: Stats, convs: lis
     return results
 
 
-def calibrate(config: RunConfig, out: Path, data: str | list[Conversation] | None = None, reference: str | None = None,
-              limit: int = DEFAULT_LIMIT, clients: Clients | None = None) -> dict[str, dict[str, Any]]:
+async def acalibrate(config: RunConfig, out: Path, data: str | list[Conversation] | None = None,
+                     reference: str | None = None, limit: int = DEFAULT_LIMIT,
+                     clients: Clients | None = None) -> dict[str, dict[str, Any]]:
     """Measure, write out/calibration.json, print the table and the warnings; the results. `data`: a file
     of conversations, the conversations themselves, or None (the shipped seed set)."""
     ensure_dir(out)
@@ -101,20 +101,24 @@ def calibrate(config: RunConfig, out: Path, data: str | list[Conversation] | Non
     convs = convs or _conversations(data if isinstance(data, str) else None)
     own = clients is None
     used = clients if clients is not None else Clients(config, out, Stats())
-
-    async def go() -> dict[str, dict[str, Any]]:
-        try:
-            return await measure_all(config, used.role, used.stats, convs, reference, limit)
-        finally:
-            if own:
-                await used.aclose()
-
-    results = asyncio.run(go())
+    try:
+        results = await measure_all(config, used.role, used.stats, convs, reference, limit)
+    finally:
+        if own:
+            await used.aclose()
     atomic_write_text(out / FILE, json.dumps(results, indent=2, sort_keys=True) + "\n")
     print_table(results)
     for line in warnings(results):
         console.print(f"[yellow]{line}[/yellow]")
     return results
+
+
+def calibrate(config: RunConfig, out: Path, data: str | list[Conversation] | None = None, reference: str | None = None,
+              limit: int = DEFAULT_LIMIT, clients: Clients | None = None) -> dict[str, dict[str, Any]]:
+    """`acalibrate` from synchronous code, wherever it is called (personaloom.runner)."""
+    from personaloom.runner import run_sync
+
+    return run_sync(lambda: acalibrate(config, out, data, reference, limit, clients))
 
 
 def load(out: Path) -> dict[str, dict[str, Any]] | None:
@@ -192,13 +196,13 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     out.print(t)
 
 
-def prepare(config: RunConfig, convs: list[Conversation] | None) -> RunConfig:
+async def prepare(config: RunConfig, convs: list[Conversation] | None) -> RunConfig:
     """Before a run: calibrate when asked (`convs` not None: probes from them, else from the shipped seed
     set), print the warnings of the judges in use, and with critic.weights=calibrated apply the measured
     weights. ConfigError when calibrated weights are asked for and there is no calibration.json."""
     out = Path(config.out)
     run_calibration = convs is not None
-    results = calibrate(config, out, convs) if convs is not None else load(out)
+    results = await acalibrate(config, out, convs) if convs is not None else load(out)
     if results is None:
         if config.critic.weights == "calibrated":
             raise ConfigError(f"critic.weights=calibrated needs {out / FILE}: run `personaloom calibrate --out {out}` "

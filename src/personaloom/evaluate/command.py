@@ -1,4 +1,4 @@
-"""`personaloom evaluate`: the command's glue: judge client, metrics.json + report.html, the printed table.
+"""`personaloom evaluate`'s work: judge client, metrics.json + report.html (`aevaluate`), the printed table.
 
 In: the data and reference paths, the output folder, the judge kind (none | embedded | openai | fake), its
 model and server, a conversation limit and the seed. Out: the metrics dict (also written by
@@ -7,9 +7,7 @@ evaluate.suite.evaluate); LLM tests go through a cached client (`executors.clien
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from personaloom.stats import Stats
 console = Console(stderr=True, highlight=False)
 
 
-def evaluate_command(
+async def aevaluate(
     data: str,
     reference: str | None,
     out: Path | None,
@@ -33,9 +31,9 @@ def evaluate_command(
     limit: int | None,
     seed: int,
     calibrate: bool = False,
-) -> dict[str, Any]:
-    """`personaloom evaluate`: metrics.json + report.html; LLM tests through a cached judge client. With
-    `calibrate`, the judge is first measured on labelled probes (calibration.json beside metrics.json)."""
+) -> tuple[dict[str, Any], Path]:
+    """(metrics, the folder metrics.json and report.html went to); LLM tests through a cached judge client.
+    With `calibrate`, the judge is first measured on labelled probes (calibration.json beside metrics.json)."""
     from personaloom.embed import Embedder
     from personaloom.evaluate.suite import evaluate
     from personaloom.executors.clients import Clients
@@ -53,32 +51,24 @@ def evaluate_command(
                                                        "model": model, "base_url": base_url}}
     )
     if calibrate and judge != "none":
-        from personaloom.calibrate.command import calibrate as measure
+        from personaloom.calibrate.command import acalibrate
 
         # Probes from the human reference when there is one; the evaluated data is the machine side of the
         # Turing probes.
         human = reference if reference is not None else str(data_path)
-        measure(config, out_dir, human, str(data_path) if reference is not None else None, limit or 10)
-    stats = Stats()
-    clients = Clients(config, out_dir, stats)
+        await acalibrate(config, out_dir, human, str(data_path) if reference is not None else None, limit or 10)
+    clients = Clients(config, out_dir, Stats())
     embedder = Embedder(config.embed.model, cache_path=out_dir / "embeddings.sqlite")
-
-    async def go() -> dict[str, Any]:
-        try:
-            client = None if judge == "none" else clients.main
-            return await evaluate(data_path, reference, out_dir, client, limit=limit, seed=seed, embedder=embedder)
-        finally:
-            await clients.aclose()
-
-    started = time.perf_counter()
-    metrics = asyncio.run(go())
-    _print_metrics(metrics)
-    took = time.perf_counter() - started
-    console.print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'} in {took:.1f} s")
-    return metrics
+    try:
+        client = None if judge == "none" else clients.main
+        metrics = await evaluate(data_path, reference, out_dir, client, limit=limit, seed=seed, embedder=embedder)
+    finally:
+        await clients.aclose()
+    return metrics, out_dir
 
 
-def _print_metrics(m: dict[str, Any]) -> None:
+def print_metrics(m: dict[str, Any]) -> None:
+    """The metrics table `personaloom evaluate` prints (data beside reference)."""
     from rich.table import Table
 
     t = Table(title="Evaluation")

@@ -20,6 +20,7 @@ from personaloom.backends.cache import ResponseCache
 from personaloom.chat import LLMClient
 from personaloom.config import BackendConfig, RunConfig
 from personaloom.executors.local import LLM, Endpoint
+from personaloom.executors.progress import make_progress
 from personaloom.stats import Stats
 from personaloom.stop import StopSignal
 
@@ -33,11 +34,14 @@ def endpoint_key(cfg: BackendConfig) -> tuple[str, str | None, str | None]:
 class Clients:
     """The run's clients (see the module docstring)."""
 
-    def __init__(self, config: RunConfig, out: Path, stats: Stats, stop: StopSignal | None = None) -> None:
+    def __init__(self, config: RunConfig, out: Path, stats: Stats, stop: StopSignal | None = None,
+                 progress: bool | None = None) -> None:
         self.config = config
         self.out = out
         self.stats = stats
         self.stop = stop
+        # One display for every client of the run (a terminal shows one live display at a time); None: auto.
+        self.progress = make_progress(progress)
         self._cache: ResponseCache | None = None
         self._clients: dict[str, LLMClient] = {}
         self._roles: dict[str, LLMClient] = {}
@@ -63,7 +67,7 @@ class Clients:
 
                 r = self.config.ray
                 self._clients[key] = RayLLM(
-                    bcfg, self._cache_obj(), self.stats, progress=True, address=r.address, workers=r.workers,
+                    bcfg, self._cache_obj(), self.stats, progress=self.progress, address=r.address, workers=r.workers,
                     actors=r.actors, num_cpus=r.num_cpus, max_batch=r.max_batch, wait_ms=r.wait_ms,
                     remote_args={"num_gpus": r.num_gpus} if r.num_gpus else None, stop=self.stop,
                 )
@@ -73,8 +77,8 @@ class Clients:
                     console.print(f"[yellow]backend.concurrency={bcfg.concurrency} does not apply to {backend!r}: it "
                                   f"takes {backend.max_concurrency} request(s) at a time[/yellow]")
                 endpoint = self._endpoints.setdefault(endpoint_key(bcfg), Endpoint(repr(backend), bcfg.concurrency))
-                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=True, endpoint=endpoint,
-                                         stop=self.stop)
+                self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=self.progress,
+                                         endpoint=endpoint, stop=self.stop)
         return self._clients[key]
 
     @property

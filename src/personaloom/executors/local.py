@@ -13,8 +13,8 @@ Every result, fresh or cached, goes through `replies.normalize` (reasoning remov
 reasoning-only answer is a failed call, and a cached row that fails it is a miss), is committed to the
 cache as it arrives (successes only; before its endpoint slot is free) and accounted with
 `stats.record_call`; when the first DEAD_AFTER calls of an invocation all fail, BackendError stops the run
-with the last server message. A rich progress display per stage (done/total, ETA, tokens/s) shows on
-stderr when it is a terminal.
+with the last server message. A progress display per stage (done/total, ETA, tokens/s: executors/progress.py)
+shows on a terminal or in a notebook.
 """
 
 from __future__ import annotations
@@ -22,29 +22,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from personaloom.aio import gather_all
 from personaloom.backends.base import MAX_RETRY_AFTER_S, STOP_POLL_S, Backend
 from personaloom.backends.cache import ResponseCache
 from personaloom.chat import ChatRequest, ChatResult
 from personaloom.errors import BackendError
+from personaloom.executors.progress import ProgressSink, _StageProgress, _TokenRate, make_progress  # noqa: F401
 from personaloom.replies import normalize
 from personaloom.stats import Stats
 from personaloom.stop import RunStopped, StopSignal
@@ -54,74 +41,6 @@ _SKIPPED = ChatResult(error="not sent: the run is stopping")
 # Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
 # be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
 DEAD_AFTER = 24
-
-
-class _TokenRate(ProgressColumn):
-    """Completion tokens per second of a stage's paid calls (over its time until done, once done)."""
-
-    def render(self, task: Task) -> Text:
-        tokens = float(task.fields.get("tokens", 0))
-        elapsed = (task.finished_time if task.finished else task.elapsed) or 0.0
-        rate = tokens / elapsed if elapsed > 0 else 0.0
-        return Text(f"{rate:,.0f} tok/s", style="progress.data.speed")
-
-
-class _StageProgress:
-    """One progress bar per stage; totals grow as callers submit requests."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._progress: Progress | None = None
-        if enabled:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                _TokenRate(),
-                TextColumn("{task.fields[hits]} cached"),
-                TextColumn("{task.fields[limit]}"),
-                console=Console(stderr=True),
-                transient=False,
-            )
-        self._tasks: dict[str, TaskID] = {}
-
-    def _task(self, stage: str) -> TaskID | None:
-        if self._progress is None:
-            return None
-        if not self._tasks:
-            self._progress.start()
-        if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(stage, total=0, tokens=0, hits=0, limit="")
-        return self._tasks[stage]
-
-    def submitted(self, stage: str, n: int) -> None:
-        task = self._task(stage)
-        if self._progress is not None and task is not None:
-            # Raised in place: Progress.update(total=...) drops the speed samples, and with requests arriving
-            # all the time the ETA never showed.
-            state = self._progress.tasks[task]
-            state.total = (state.total or 0) + n
-            state.finished_time = None
-
-    def finished(self, stage: str, result: ChatResult, endpoint: Endpoint) -> None:
-        task = self._task(stage)
-        if self._progress is None or task is None:
-            return
-        fields = self._progress.tasks[task].fields
-        # The endpoint's current bound on requests at once, and its configured one when overload cut it.
-        limit = f"{endpoint.limit} at once"
-        if endpoint.limit < endpoint.ceiling:
-            limit += f" (cut from {endpoint.ceiling})"
-        if result.cached:
-            self._progress.update(task, advance=1, hits=fields["hits"] + 1, limit=limit)
-        else:
-            self._progress.update(task, advance=1, tokens=fields["tokens"] + result.usage.completion_tokens,
-                                  limit=limit)
-
-    def stop(self) -> None:
-        if self._progress is not None and self._tasks:
-            self._progress.stop()
-        self._tasks = {}
 
 
 class Endpoint:
@@ -250,7 +169,7 @@ class LLM:
         backend: Backend,
         cache: ResponseCache | None = None,
         stats: Stats | None = None,
-        progress: bool = True,
+        progress: bool | ProgressSink = True,
         endpoint: Endpoint | None = None,
         stop: StopSignal | None = None,
     ) -> None:
@@ -258,7 +177,9 @@ class LLM:
         self.cache = cache
         self.stats = stats if stats is not None else Stats()
         self.in_flight = 0
-        self._progress = _StageProgress(progress and sys.stderr.isatty())
+        # True: shown where it can be (a terminal, a notebook); a display shared with the run's other clients.
+        self._progress: ProgressSink = make_progress(None if progress else False) if isinstance(progress, bool) \
+            else progress
         self.endpoint = endpoint if endpoint is not None else Endpoint(repr(backend), backend.max_concurrency)
         self.endpoint.join(backend.max_concurrency)
         backend.on_overload = self.endpoint.overloaded

@@ -46,6 +46,7 @@ from personaloom.chat import ChatRequest, ChatResult
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError, PersonaloomError
 from personaloom.executors.local import LLM
+from personaloom.executors.progress import ProgressSink
 from personaloom.stats import Stats
 from personaloom.stop import StopSignal
 
@@ -365,7 +366,7 @@ class RayLLM(LLM):
         backend: BackendConfig,
         cache: ResponseCache | None = None,
         stats: Stats | None = None,
-        progress: bool = True,
+        progress: bool | ProgressSink = True,
         *,
         actors: int = 2,
         workers: Workers = "tasks",
