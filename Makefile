@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit bench clean
+.PHONY: install run test lint unit docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,11 @@ test: lint
 # Fast loop while developing: no slow (model-loading, end-to-end) tests.
 unit: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The API reference from the docstrings (pdoc, offline) into build/docs; a broken reference fails (make test
+# builds it too, in tests/test_api.py).
+docs: install
+	$(PY) tools/api_docs.py build/docs
 
 bench: install
 	$(PY) bench/run_all.py

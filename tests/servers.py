@@ -149,6 +149,9 @@ class LoopbackConfig:
     # Scripted answers by arrival: respond(n, body) for the n-th request (from 0) returns (status, headers,
     # JSON body) to send instead, or None to answer as configured (counted as fault "scripted").
     respond: Callable[[int, dict[str, Any]], tuple[int, dict[str, str], dict[str, Any]] | None] | None = None
+    # Authentication the server requires: require(target, headers) -> None to serve, or the reason for a 401
+    # (target: the request's path with its query; headers lower-cased). Counted as fault "unauthorized".
+    require: Callable[[str, dict[str, str]], str | None] | None = None
 
 
 class LoopbackServer:
@@ -256,6 +259,12 @@ class LoopbackServer:
                         headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0") or 0)
                 raw = await reader.readexactly(length) if length else b""
+                problem = self.config.require(path, headers) if self.config.require is not None else None
+                if problem is not None:
+                    with self._lock:
+                        self.faults["unauthorized"] += 1
+                    await self._send(writer, 401, self._error(problem, "authentication_error"))
+                    continue
                 keep = await self._route(method, path.split("?")[0], headers, raw, reader, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     return

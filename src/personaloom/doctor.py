@@ -14,10 +14,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from rich.console import Console
-
 from personaloom.chat import ChatRequest, Message, SamplingParams
 from personaloom.config import BackendConfig, RunConfig
+from personaloom.console import make_console
 from personaloom.errors import PersonaloomError
 
 
@@ -94,7 +93,7 @@ async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
         first = normalize((await backend.agenerate([plain]))[0], plain)
         elapsed = time.perf_counter() - start
         if not first.ok:
-            return False, str(first.error)
+            return False, f"{first.error} (auth: {backend.auth_form})"
         second = normalize((await backend.agenerate([structured]))[0], structured)
     finally:
         await backend.aclose()
@@ -104,8 +103,8 @@ async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
     adapted = backend.adaptations
     seed = "no (refused)" if any(" seed " in a for a in adapted) else "sent"
     notes = f"; adapted: {'; '.join(adapted)}" if adapted else ""
-    return True, (f"{bcfg.model} at {backend.base_url}, {tokens}, structured output {json_ok} via "
-                  f"{backend.structured_mode}, seed {seed}{notes}")
+    return True, (f"{bcfg.model} at {backend.base_url} (auth: {backend.auth_form}), {tokens}, structured output "
+                  f"{json_ok} via {backend.structured_mode}, seed {seed}{notes}")
 
 
 def check(bcfg: BackendConfig) -> tuple[bool, str]:
@@ -122,7 +121,7 @@ def check(bcfg: BackendConfig) -> tuple[bool, str]:
 
 def doctor(config: RunConfig) -> int:
     """Check every backend in use; print one line each; 0 when all are usable, else 2."""
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console(stderr=False, soft_wrap=True)
     worst = 0
     for roles, bcfg in backends_in_use(config):
         ok, line = check(bcfg)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from personaloom.redact import redact
+
 
 class PersonaloomError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
+    """Base class. `exit_code` is what the CLI exits with. The message never shows a credential (redacted)."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class InputError(PersonaloomError):

@@ -16,11 +16,11 @@ from math import comb
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from personaloom import stagenames as names
 from personaloom.config import RunConfig
+from personaloom.console import make_console
 from personaloom.stages.critic.experts import QUALITY_EXPERTS
 from personaloom.text import is_english
 
@@ -181,7 +181,7 @@ def print_estimate(config: RunConfig) -> dict[str, Any]:
                       row["tokens_per_call_source"])
     t = result["total"]
     table.add_row("total", f"{t['calls']:,}", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", "")
-    console = Console(stderr=False, highlight=False)
+    console = make_console(stderr=False)
     console.print(table)
     if "cost" in result:
         console.print(f"expected cost: ${result['cost']:,.2f}")

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from personaloom.config import BackendConfig, RunConfig
 from personaloom.errors import PersonaloomError
+from personaloom.redact import redact_url
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ _IDENTITY = ("kind", "model", "base_url", "structured_output", "extra_body", "n_
 def backend_identity(cfg: BackendConfig) -> dict[str, Any]:
     """The fields of `cfg` that decide what its model answers; the default GGUF as file name + size."""
     ident = cfg.model_dump(include=set(_IDENTITY), mode="json")
+    if ident.get("base_url"):  # credentials in the URL decide nothing the model answers
+        ident["base_url"] = redact_url(ident["base_url"])
     if cfg.kind == "embedded" and cfg.model is None:
         from personaloom.backends.models import default_gguf_path
 

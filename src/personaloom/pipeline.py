@@ -26,11 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from personaloom import stagenames as names
 from personaloom.calibrate.command import prepare
 from personaloom.config import RunConfig, dump_config
+from personaloom.console import console
 from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
@@ -62,7 +61,6 @@ from personaloom.stop import RunStopped, StopSignal
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
 STAGES = (names.EXPAND, names.PROFILES, names.PAIR, names.GENERATE)
-console = Console(stderr=True, highlight=False)
 
 
 class Pipeline:

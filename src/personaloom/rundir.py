@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from personaloom.config import PricesConfig, RunConfig
+from personaloom.console import console
 from personaloom.fsutil import atomic_write_text
 from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
 from personaloom.records import Conversation, Failure
+from personaloom.redact import redact, redact_data
 from personaloom.stats import Stats
-
-console = Console(stderr=True, highlight=False)
 
 
 @dataclass
@@ -91,7 +90,7 @@ def write_dataset(out: Path, conversations: Iterable[Conversation], config: RunC
     write_dataset_card(
         out / "README.md", conversations, title=f"personaloom dataset ({out.name})",
         sources=[f"seed data: {seed_name}", f"backend: {config.backend.kind}"],
-        config=json.loads(json.dumps(config.model_dump(mode="json"))), stats=stats.to_dict(),
+        config=redact_data(config.model_dump(mode="json")), stats=redact_data(stats.to_dict()),
     )
 
 
@@ -143,8 +142,8 @@ def write_stats(out: Path, stats: Stats, wall_s: float, earlier: dict[str, Any] 
     data["total"] = usage_total(earlier or {}, stats, wall_s, prices)
     if stats.conversations:
         data["per_kept"] = per_kept(data["total"], stats.conversations)
-    atomic_write_text(out / "stats.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
-    failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=message)
+    atomic_write_text(out / "stats.json", json.dumps(redact_data(data), indent=2, sort_keys=True) + "\n")
+    failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=redact(message))
               for stage, item, message in stats.failed_calls]
     write_jsonl(out / "failures.jsonl", failed)
 

@@ -22,7 +22,9 @@ models want as max_completion_tokens) gets the request again without it, and the
 for the rest of the run and says so once on stderr (`adaptations` lists what it learnt). Errors carry the
 server's own words: the HTTP status and the first line of its error message.
 
-The API key is read from os.environ[cfg.api_key_env] only, and never appears in reprs or errors.
+Authentication (bearer, basic, Azure's api-key, gateway headers) is decided by backends/auth.py from the
+environment; no credential appears in reprs, messages or errors (personaloom.redact). A client-side error (TLS
+set-up, a request the HTTP client refuses) is a BackendError at once, never retried.
 """
 
 from __future__ import annotations
@@ -32,29 +34,27 @@ import contextlib
 import email.utils
 import json
 import math
-import os
 import random
 import re
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import openai
 
 from personaloom.aio import gather_all
+from personaloom.backends.auth import resolve_auth
 from personaloom.backends.base import MAX_RETRY_AFTER_S, STOP_POLL_S, Backend
 from personaloom.chat import ChatRequest, ChatResult, Message, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError, ConfigError
 from personaloom.prompts import render
+from personaloom.redact import redact
 
 Mode = Literal["json_schema", "json_object", "prompt"]
 _MODES: tuple[Mode, ...] = ("json_schema", "json_object", "prompt")
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# A placeholder for loopback servers that need no key (llama.cpp, vLLM without --api-key).
-LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
 _RETRY_STATUS = {408, 409, 425, 429}
 # A 429 (or 402/403) with one of these error types or codes is not a rate limit: the account's quota, credit or
 # spend limit is used up, and retrying will not bring access back (OpenAI's error-code guide).
@@ -68,11 +68,6 @@ _QUOTA_CODES = {"insufficient_quota", "credit_balance_exhausted", "organization_
 _DROPPABLE = ("top_k", "seed", "stop", "top_p", "temperature", "max_tokens")
 _REFUSAL = re.compile(r"unrecogni[sz]ed|unsupported|not supported|unknown|not permitted|extra|not allowed|"
                       r"cannot find|remove|invalid (?:param|arg|field|key)|does not support")
-
-
-def is_loopback(url: str) -> bool:
-    host = (urlparse(url).hostname or "").lower()
-    return host in {"localhost", "::1"} or host.startswith("127.")
 
 
 class _Retryable(Exception):
@@ -261,15 +256,22 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def connection_failure(exc: BaseException) -> tuple[str, str]:
-    """What a failed connection was: ("refused" | "timeout" | "other", a short detail).
+    """What a failed connection was: ("refused" | "timeout" | "client" | "other", a short detail).
 
-    "refused": nothing could be reached there (refused, unknown host); "timeout": the server took too long.
+    "refused": nothing could be reached there (refused, unknown host); "timeout": the server took too long;
+    "client": the client cannot make the request at all (TLS certificate or set-up, a URL it refuses).
     The official client's aiohttp transport maps every aiohttp connection error onto httpx's ConnectTimeout
     (so openai raises APITimeoutError for a refused or dropped connection too): when an aiohttp error is in
     the chain, it decides. With httpx, a ConnectError means unreachable (refused or DNS), APITimeoutError a
     timeout.
     """
     chain = _causes(exc)
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls is not None:  # certificate or TLS set-up: the same on every try
+        return "client", f"TLS: {getattr(tls, 'verify_message', None) or tls.reason or tls}"
+    if any(type(e).__name__ in ("UnsupportedProtocol", "InvalidURL", "LocalProtocolError") for e in chain):
+        return "client", next(f"{type(e).__name__}: {e}" for e in chain
+                              if type(e).__name__ in ("UnsupportedProtocol", "InvalidURL", "LocalProtocolError"))
     native = [e for e in chain if type(e).__module__.split(".")[0] == "aiohttp"]
     if native:
         root = native[-1]
@@ -325,16 +327,9 @@ class OpenAIBackend(Backend):
                 "setting backend.model: the openai backend needs the server's model name (--model)"
             )
         self.cfg = cfg
-        self.base_url = (cfg.base_url or DEFAULT_BASE_URL).rstrip("/")
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            if not is_loopback(self.base_url):
-                raise ConfigError(
-                    f"environment variable {cfg.api_key_env} is not set: export the API key for "
-                    f"{self.base_url} (setting backend.api_key_env names the variable)"
-                )
-            key = LOCAL_PLACEHOLDER_KEY
-        self.__key = key
+        self.__auth = resolve_auth(cfg)
+        # Shown in every message, repr and endpoint name: credentials redacted (personaloom.redact).
+        self.base_url = self.__auth.shown
         self.max_concurrency = cfg.concurrency
         # Learnt from the server's 4xx answers (see the module docstring), for this run.
         self._dropped: set[str] = set()
@@ -362,17 +357,25 @@ class OpenAIBackend(Backend):
 
     # -- plumbing
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self.__key, "***") if self.__key else text
+    @property
+    def auth_form(self) -> str:
+        """How this backend authenticates (bearer, basic, azure api-key, none; + headers), never the secret."""
+        return self.__auth.form
+
+    @staticmethod
+    def _scrub(text: str) -> str:
+        return redact(text)
 
     def _ensure_client(self) -> openai.AsyncOpenAI:
         # The HTTP connection pool belongs to one event loop; `generate()` makes a new loop per call, so
         # rebuild it when the loop changes.
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
+            auth = self.__auth
             self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.__key, max_retries=0, timeout=self.cfg.timeout_s,
-                http_client=self._transport(),
+                base_url=auth.url, api_key=auth.key, max_retries=0, timeout=self.cfg.timeout_s,
+                http_client=self._transport(), default_headers=auth.headers or None,
+                default_query=auth.query or None,
             )
             self._loop = loop
         return self._client
@@ -446,13 +449,15 @@ class OpenAIBackend(Backend):
         decides what that means; reasoning fields are passed on for it.
         """
         client = self._ensure_client()
+        options: dict[str, Any] = {"timeout": self.cfg.timeout_s}
+        if self.__auth.omit_bearer:  # Azure's api-key form: the client's bearer header would be taken for Entra ID
+            options["headers"] = {"Authorization": openai.Omit()}
         try:
-            raw = await client.post(
-                "/chat/completions", cast_to=str, body=body, options={"timeout": self.cfg.timeout_s}
-            )
-            data = json.loads(raw)
+            raw = await client.post("/chat/completions", cast_to=str, body=body, options=options)  # type: ignore[call-overload]
         except openai.APIConnectionError as exc:  # and its subclass APITimeoutError
             kind, detail = connection_failure(exc)
+            if kind == "client":
+                raise BackendError(self._client_side(detail)) from None
             if kind == "timeout":
                 raise _Retryable(f"timed out after {self.cfg.timeout_s:g} s", overload=True) from None
             raise _Retryable(f"connection failed ({detail})", refused=detail if kind == "refused" else None) from None
@@ -474,8 +479,15 @@ class OpenAIBackend(Backend):
                 after = _retry_after(exc.response.headers)
                 raise _Retryable(message, after, overload=status in (429, 503)) from None
             raise _Rejected(message, status, rejected_field(said, param, body)) from None
-        except (ValueError, openai.APIResponseValidationError) as exc:
-            # A 200 whose body is cut short or is not JSON (json.JSONDecodeError is a ValueError).
+        except openai.APIResponseValidationError as exc:
+            raise _Retryable(f"invalid response body ({type(exc).__name__})") from None
+        except (ValueError, TypeError) as exc:
+            # Raised before anything was sent: the HTTP client refuses the request as configured (aiohttp: "Cannot
+            # combine AUTHORIZATION header with AUTH argument or credentials encoded in URL"). No retry can help.
+            raise BackendError(self._client_side(f"{type(exc).__name__}: {exc}")) from None
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:  # a 200 whose body is cut short or is not JSON
             raise _Retryable(f"invalid response body ({type(exc).__name__})") from None
         try:
             choices = sorted(data["choices"], key=lambda c: int(c.get("index") or 0))
@@ -495,6 +507,10 @@ class OpenAIBackend(Backend):
         if not texts:
             raise _Retryable("response has no choices")
         return texts, finishes, tokens, reasoning
+
+    def _client_side(self, detail: str) -> str:
+        return self._scrub(f"the HTTP client cannot send requests to {self.base_url} as configured ({detail}): "
+                           "check backend.base_url, backend.headers and backend.transport; nothing was sent")
 
     async def _post_with_retries(
         self, request: ChatRequest, messages: list[Message], mode: Mode | None

@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from personaloom.calibrate import measure, probes
 from personaloom.chat import Router
 from personaloom.config import ExpertConfig, RunConfig
+from personaloom.console import console, make_console
 from personaloom.errors import ConfigError
 from personaloom.evaluate.turing import pair_conversations
 from personaloom.executors.clients import Clients
@@ -34,7 +34,6 @@ from personaloom.seeds import seed_conversations
 from personaloom.stages.critic.experts import FILTER_EXPERTS, QUALITY_EXPERTS
 from personaloom.stats import Stats
 
-console = Console(stderr=True, highlight=False)
 FILE = "calibration.json"
 # Probes per judge when --calibrate runs calibration inside run/evaluate.
 DEFAULT_LIMIT = 10
@@ -179,7 +178,7 @@ def calibrated(config: RunConfig, results: dict[str, dict[str, Any]]) -> tuple[R
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     """The table on stderr (wide enough for every column when stderr is not a terminal)."""
-    out = console if sys.stderr.isatty() else Console(stderr=True, highlight=False, width=150)
+    out = console if sys.stderr.isatty() else make_console(width=150)
     t = Table(title="Judge calibration (accuracy on labelled probes; chance = always the commonest label)")
     for col in ("judge", "accuracy", "95% CI", "chance", "position bias", "length bias", "kappa", "n", "weight",
                 "calls"):

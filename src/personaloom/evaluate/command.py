@@ -11,14 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from personaloom.config import RunConfig
+from personaloom.console import console
 from personaloom.errors import ConfigError, InputError
 from personaloom.fsutil import ensure_dir
 from personaloom.stats import Stats
-
-console = Console(stderr=True, highlight=False)
 
 
 async def aevaluate(

@@ -13,22 +13,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 from personaloom.backends import create_backend
+from personaloom.backends.auth import resolve_auth
 from personaloom.backends.cache import ResponseCache
 from personaloom.chat import LLMClient
 from personaloom.config import BackendConfig, RunConfig
+from personaloom.console import console
 from personaloom.executors.local import LLM, Endpoint
 from personaloom.executors.progress import make_progress
+from personaloom.redact import redact_url
 from personaloom.stats import Stats
 from personaloom.stop import StopSignal
 
-console = Console(stderr=True, highlight=False)
-
 
 def endpoint_key(cfg: BackendConfig) -> tuple[str, str | None, str | None]:
-    return cfg.kind, cfg.base_url, cfg.model
+    """(kind, base URL, model): one concurrency bound each; the URL redacted, as it names the endpoint in stats."""
+    return cfg.kind, None if cfg.base_url is None else redact_url(cfg.base_url), cfg.model
 
 
 class Clients:
@@ -48,6 +48,8 @@ class Clients:
         self._endpoints: dict[tuple[str, str | None, str | None], Endpoint] = {}
         configs = [config.backend, *(e.backend for e in config.critic.experts.values() if e.backend is not None)]
         for bcfg in configs:
+            if bcfg.kind == "openai":
+                resolve_auth(bcfg)  # a bad URL or an unset variable fails here, before any stage pays
             key = endpoint_key(bcfg)
             if key in self._endpoints:
                 self._endpoints[key].join(bcfg.concurrency)

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,6 +35,7 @@ from rich.progress import (
 from rich.text import Text
 
 from personaloom.chat import ChatResult
+from personaloom.console import in_notebook, make_console
 
 
 class Bound(Protocol):
@@ -87,7 +87,7 @@ class _StageProgress:
                 _TokenRate(),
                 TextColumn("{task.fields[hits]} cached"),
                 TextColumn("{task.fields[limit]}"),
-                console=Console(stderr=True),
+                console=make_console(),
                 transient=False,
             )
         self._tasks: dict[str, TaskID] = {}
@@ -227,14 +227,6 @@ class _NoProgress:
 
     def stop(self) -> None:
         pass
-
-
-def in_notebook() -> bool:
-    """Whether this process is a Jupyter kernel (IPython's ZMQ shell): where a terminal display cannot work."""
-    ipython = sys.modules.get("IPython")
-    get = getattr(ipython, "get_ipython", None)
-    shell = get() if callable(get) else None
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def make_progress(setting: bool | None = None) -> ProgressSink:
