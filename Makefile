@@ -12,7 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	# A pinned torch first: the CPU build; an unpinned one would pull a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 	# llama.cpp built portably (no CPU-specific kernels), once, into .wheels/ (tools/llama_wheel.py says why).
-	$(PIP) install --quiet --no-index --no-deps "$$($(PY) tools/llama_wheel.py)"
+	# Two lines, so that a failing build stops make (inside "$$(...)" its exit status would be lost and the next
+	# line would install a native llama-cpp-python from PyPI); --force-reinstall replaces one installed earlier.
+	$(PY) tools/llama_wheel.py > $(VENV)/llama-wheel.txt
+	$(PIP) install --quiet --no-index --no-deps --force-reinstall "$$(cat $(VENV)/llama-wheel.txt)"
 	$(PIP) install --quiet -e ".[server]" --group dev
 	touch $@
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,16 @@ def test_installed_llama_cpp_is_built_portably() -> None:
     assert features, native.system_info()
     assert non_portable(features) == [], f"llama.cpp built for the building CPU: {native.system_info()}"
     assert missing(features) == [], f"llama.cpp needs features this CPU lacks: {native.system_info()}"
+
+
+def test_the_wheel_builder_runs_before_anything_is_installed() -> None:
+    """`make install` runs tools/llama_wheel.py with the bare venv's Python: it must import nothing but the
+    standard library (it once imported the package's API, failed, and a native llama-cpp-python came from PyPI)."""
+    tool = Path(__file__).resolve().parent.parent / "tools" / "llama_wheel.py"
+    code = f"import runpy; print(runpy.run_path({str(tool)!r}, run_name='tool')['profile']())"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "-DGGML_NATIVE=OFF" in done.stdout, done.stdout
 
 
 def test_feature_parsing_and_portability_rules() -> None:

@@ -68,15 +68,26 @@ def test_results_in_order_and_accounted_per_stage() -> None:
 
 
 def test_an_llm_stage_gets_its_span_as_wall_time() -> None:
-    """A stage no `Stats.stage` block times (critic.depth, say) has its first-submitted-to-last-result span."""
-    stats = Stats()
-    llm = LLM(TimedBackend(4), None, stats, progress=False)
-    llm.run([req("sleep 0.2: a", "critic"), req("b")])
+    """A stage no `Stats.stage` block times (critic.depth, say) has its first-submitted-to-last-result span, on
+    an injected clock that moves by what the backend sleeps (b's 0.01 s ends first, then a's 0.2 s)."""
+    backend = TimedBackend(4)
+    now = [0.0]
+    stats = Stats(clock=lambda: now[0])
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        await real_sleep(seconds)
+        now[0] += seconds
+
+    llm = LLM(backend, None, stats, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(asyncio, "sleep", sleep)
+        llm.run([req("sleep 0.2: a", "critic"), req("b")])
     stages = stats.to_dict()["stages"]
-    assert 0.2 <= stages["critic"]["wall_s"] < 2 and 0 < stages["generate"]["wall_s"] < 0.2
-    with stats.stage("generate"):  # a timed stage keeps its own figure
+    assert stages["critic"]["wall_s"] == pytest.approx(0.21) and stages["generate"]["wall_s"] == pytest.approx(0.01)
+    with stats.stage("generate"):  # a timed stage keeps its own figure: here no time passed
         pass
-    assert stats.to_dict()["stages"]["generate"]["wall_s"] < 0.01
+    assert stats.to_dict()["stages"]["generate"]["wall_s"] == 0.0
 
 
 class GatedBackend(TimedBackend):

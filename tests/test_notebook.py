@@ -80,7 +80,8 @@ def test_the_quickstart_notebook_runs_in_a_real_kernel(tmp_path: Path, monkeypat
     assert _number(_printed(nb, "own seeds:"), "seed attributes kept") == 6
     assert _number(_printed(nb, "brevity expert:"), "verdicts") >= 1
     embedded = _printed(nb, "embedded run:")
-    assert _number(embedded, "candidates") >= 1 and _number(embedded, "LLM calls") >= 20
+    assert _number(embedded, "candidates") >= 1  # the Generator wrote; what the 135M judge keeps varies
+    assert _number(embedded, "LLM calls") == pl.load(runs / "embedded").stats.total.calls >= 5
     served = _printed(nb, "server run:")
     assert _number(served, "conversations") == pl.load(runs / "server").stats.conversations >= 1
     assert _number(served, "LLM calls") == server_calls

@@ -19,6 +19,7 @@ import os
 import platform
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 VERSION = "0.3.36"
@@ -27,8 +28,12 @@ _V3 = ["SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2"]
 
 
 ROOT = Path(__file__).resolve().parent.parent
-# personaloom is not installed yet when this runs; its native module needs only the standard library here.
-sys.path.insert(0, str(ROOT / "src"))
+# personaloom and its dependencies are not installed yet when this runs. Its native module needs only the
+# standard library, but the package's __init__ imports the public API (pydantic...): register the package
+# without running __init__ so that only native and what it imports load.
+_package = types.ModuleType("personaloom")
+_package.__path__ = [str(ROOT / "src" / "personaloom")]
+sys.modules.setdefault("personaloom", _package)
 from personaloom.native import cpu_flags  # noqa: E402
 
 

@@ -21,7 +21,7 @@ MASK = "***"
 SECRET_NAME = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential|session|cookie", re.IGNORECASE)
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
 # Shorter values are not worth hiding and would mask ordinary words.
-_MIN_SECRET = 4
+_MIN_SECRET = 8
 
 _secrets: set[str] = set()
 _lock = threading.Lock()

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,7 +36,9 @@ def first_line(message: str, limit: int = 300) -> str:
 
 
 class Stats:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        """`clock`: seconds, monotonic, for the stages' wall_s (a test injects one)."""
+        self._clock = clock
         self._lock = threading.Lock()
         self.llm: Counter[str] = Counter({k: 0 for k in LLM_KEYS})
         self.stages: dict[str, dict[str, Any]] = {}
@@ -47,14 +49,14 @@ class Stats:
         self.errors: Counter[tuple[str, str]] = Counter()
         self.failed_calls: list[tuple[str, str, str]] = []
         self.echo_errors = True
-        # stage -> [first request submitted, last result] (time.perf_counter), for stages no `stage` block times
+        # stage -> [first request submitted, last result] (the clock), for stages no `stage` block times
         self._spans: dict[str, list[float]] = {}
         self._timed: set[str] = set()
 
     def began(self, stage: str) -> None:
         """Requests of `stage` were submitted (the first time starts its span)."""
         with self._lock:
-            self._spans.setdefault(stage, [time.perf_counter(), 0.0])
+            self._spans.setdefault(stage, [self._clock(), 0.0])
 
     def _stage(self, name: str) -> dict[str, Any]:
         return self.stages.setdefault(name, {"wall_s": 0.0, **{k: 0 for k in LLM_KEYS}})
@@ -82,7 +84,7 @@ class Stats:
                 st[k] += v
             span = self._spans.get(stage)
             if span is not None:
-                span[1] = time.perf_counter()
+                span[1] = self._clock()
 
     def _record_error(self, stage: str, error: str, item_id: str | None, echo: bool = True) -> None:
         message = first_line(error)
@@ -114,12 +116,12 @@ class Stats:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        start = time.perf_counter()
+        start = self._clock()
         try:
             yield self._stage(name)
         finally:
             with self._lock:
-                self._stage(name)["wall_s"] += round(time.perf_counter() - start, 3)
+                self._stage(name)["wall_s"] += round(self._clock() - start, 3)
                 self._timed.add(name)
 
     def to_dict(self) -> dict[str, Any]:
