@@ -41,7 +41,7 @@ SHORTCUTS = {
 }
 # A section given a plain value sets its main field: run(backend="fake") is backend.kind="fake".
 SECTION_VALUES = {"backend": "backend.kind", "critic": "critic.mode", "profiles": "profiles.profiles",
-                  "sessions": "sessions.count", "big_five": "big_five.enabled"}
+                  "sessions": "sessions.count", "big_five": "big_five.enabled", "prompts": "prompts.dir"}
 
 
 def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
@@ -74,8 +74,8 @@ def configure(config: ConfigLike = None, /, **overrides: Any) -> RunConfig:
     """A validated RunConfig from `config` (a RunConfig, a mapping of settings, a YAML file's path, or None for
     the defaults) and `overrides`, highest first. An override is a setting (`seed=1`, `generate={"pairs": 3}`,
     a dotted key `**{"critic.mode": "listwise"}`), a section with a plain value (`backend="fake"` sets
-    backend.kind; `critic`: mode; `profiles`: profiles; `sessions`: count; `big_five`: enabled) or a CLI-style
-    shortcut (`pairs`, `candidates`, `iterations`, `target_kept`, `model`, `base_url`, `new_attributes`,
+    backend.kind; `critic`: mode; `profiles`: profiles; `sessions`: count; `big_five`: enabled; `prompts`: dir)
+    or a CLI-style shortcut (`pairs`, `candidates`, `iterations`, `target_kept`, `model`, `base_url`, `new_attributes`,
     `max_pairs`, `keep_seed_pairs`, `price_in`, `price_out`). Sizes the user left unset follow from the pairs,
     as on the command line. ConfigError names the bad setting."""
     source: Path | None = None
@@ -275,10 +275,12 @@ def calibrate(config: ConfigLike = None, /, *, out: str | os.PathLike[str] | Non
     by judge. `data`: conversations with personas to build probes from (default: the shipped seeds);
     `reference`: machine-written conversations of `data`'s user pairs (the Turing judge)."""
     from personaloom.calibrate.command import calibrate as measure
+    from personaloom.prompts import catalog
 
     cfg = _prepared(config, out, None, overrides)
-    return measure(cfg, Path(cfg.out), None if data is None else os.fspath(data),
-                   None if reference is None else os.fspath(reference), limit)
+    with catalog.applied(cfg.prompts.dir):
+        return measure(cfg, Path(cfg.out), None if data is None else os.fspath(data),
+                       None if reference is None else os.fspath(reference), limit)
 
 
 def read(path: str | os.PathLike[str], format: str | None = None) -> list[Conversation]:

@@ -69,6 +69,10 @@ SessionsOpt = Annotated[
     int | None, typer.Option("--sessions", help="Sessions per pair, with memory between them (default 1).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
+PromptsOpt = Annotated[
+    str | None,
+    typer.Option("--prompts", help="Folder of templates replacing the shipped ones of the same name (prompts list)."),
+]
 
 
 def _flags(
@@ -137,6 +141,7 @@ def run(
     calibrate: CalibrateOpt = False,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
+    prompts: PromptsOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Seed -> expand -> profiles -> pair -> K rounds of generate + critique -> dataset."""
@@ -145,6 +150,7 @@ def run(
     cfg = _flags(
         config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
         **{
+            "prompts.dir": prompts,
             "generate.pairs": pairs,
             "generate.candidates": candidates,
             "generate.iterations": iterations,
@@ -179,13 +185,14 @@ def expand(
     seed_format: SeedFormatOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
+    prompts: PromptsOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Query induction + persona bootstrapping: writes attributes.jsonl and expansion statistics."""
     from personaloom import api
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
-                 **{"expand.new_attributes": new_attributes, "seed_format": seed_format})
+                 **{"prompts.dir": prompts, "expand.new_attributes": new_attributes, "seed_format": seed_format})
     api.expand(cfg, stop=_stop())
 
 
@@ -201,13 +208,14 @@ def profiles(
     big_five: BigFiveOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
+    prompts: PromptsOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Build consistent user profiles from attributes.jsonl: writes profiles.jsonl."""
     from personaloom import api
 
     cfg = _flags(config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
-                 **{"profiles.profiles": n_profiles, "big_five.enabled": big_five})
+                 **{"prompts.dir": prompts, "profiles.profiles": n_profiles, "big_five.enabled": big_five})
     api.profiles(cfg, stop=_stop())
 
 
@@ -255,6 +263,7 @@ def generate(
     sessions: SessionsOpt = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
+    prompts: PromptsOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Generator + Critic rounds over pairs.jsonl: writes iterations/ and the dataset."""
@@ -263,6 +272,7 @@ def generate(
     cfg = _flags(
         config, out, seed_data, backend, model, base_url, sets, no_cache, seed,
         **{
+            "prompts.dir": prompts,
             "generate.pairs": pairs,
             "generate.candidates": candidates,
             "generate.iterations": iterations,
@@ -321,12 +331,14 @@ def calibrate_judges(
     critic: Annotated[str | None, typer.Option("--critic", help="pairwise (default) or listwise.")] = None,
     sets: SetOpt = None,
     no_cache: NoCacheOpt = False,
+    prompts: PromptsOpt = None,
     seed: SeedOpt = None,
 ) -> None:
     """Measure every configured judge on labelled probes: accuracy, bias, kappa -> OUT/calibration.json."""
     from personaloom import api
 
-    cfg = _flags(config, out, None, backend, model, base_url, sets, no_cache, seed, **{"critic.mode": critic})
+    cfg = _flags(config, out, None, backend, model, base_url, sets, no_cache, seed,
+                 **{"prompts.dir": prompts, "critic.mode": critic})
     api.calibrate(cfg, data=data, reference=reference, limit=limit)
 
 
@@ -392,6 +404,40 @@ def doctor(
     code = run_doctor(cfg)
     if code:
         raise typer.Exit(code)
+
+
+prompts_app = typer.Typer(help="The prompt templates: list them, show one, copy them to a folder to edit.",
+                          no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """Each template: its name, the stages that render it and the variables it receives."""
+    from personaloom.prompts.catalog import templates
+
+    for t in templates():
+        typer.echo(f"{t.name:<30} {','.join(t.stages) or '-':<22} {', '.join(t.variables) or '-'}")
+
+
+@prompts_app.command("show")
+def prompts_show(name: Annotated[str, typer.Argument(help="Template file name, e.g. generator.j2.")]) -> None:
+    """Print a shipped template."""
+    from personaloom.prompts.catalog import shipped_text
+
+    typer.echo(shipped_text(name))
+
+
+@prompts_app.command("copy")
+def prompts_copy(
+    folder: Annotated[Path, typer.Argument(help="Folder to copy into (created; existing files are kept).")],
+    names: Annotated[list[str] | None, typer.Argument(help="Templates to copy (default: all).")] = None,
+) -> None:
+    """Copy the shipped templates into FOLDER to edit; use it with --prompts FOLDER."""
+    from personaloom.prompts.catalog import copy
+
+    written = copy(folder, names)
+    typer.echo(f"wrote {len(written)} templates to {folder} (edit them, then --prompts {folder})")
 
 
 @app.command()

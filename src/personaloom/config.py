@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from personaloom.chat import GREEDY, Sampling
 from personaloom.errors import ConfigError
@@ -151,6 +151,11 @@ class GenerateConfig(Record):
     iterations: int = Field(3, ge=1)
     few_shot: int = Field(5, ge=0)
     min_utterances: int = Field(6, ge=1)
+    # At most this many utterances (None: no bound): the Generator is told, a longer reply is cut at a turn
+    # boundary (with `trim`), and the format expert rejects what is still longer ("too_long").
+    max_utterances: int | None = Field(None, ge=1)
+    # Free text added to the Generator's instruction ("User 2 is a support agent who ...").
+    instructions: str | None = None
     max_tokens: int = Field(400, ge=16)
     # Few-shot examples as chat turns (user: profiles, assistant: conversation) or inline in one message.
     # Runs with --language, --big-five or --sessions always use turns (their instructions sit in the
@@ -169,6 +174,12 @@ class GenerateConfig(Record):
     # recorded and the format expert still judges the rest. False = judge the whole reply as written.
     trim: bool = True
 
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GenerateConfig:
+        if self.max_utterances is not None and self.max_utterances < self.min_utterances:
+            raise ValueError(f"max_utterances {self.max_utterances} < min_utterances {self.min_utterances}")
+        return self
 
 class ExpertConfig(Record):
     enabled: bool = True
@@ -263,6 +274,13 @@ class RayConfig(Record):
     wait_ms: float = Field(50.0, ge=0)
 
 
+class PromptsConfig(Record):
+    """`dir` (--prompts DIR): a folder whose template files replace the shipped templates of the same names
+    (`personaloom prompts list` names them; checked before the first LLM call). None: the shipped ones."""
+
+    dir: str | None = None
+
+
 class PricesConfig(Record):
     """What the LLM costs, in currency units per million tokens (--price-in / --price-out): the dry run's
     expected cost and stats.json's `cost` (per invocation and in `total`). None: not priced."""
@@ -302,6 +320,7 @@ class RunConfig(Record):
     big_five: BigFiveConfig = Field(default_factory=BigFiveConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
 
     def sampling_for(self, role: Role) -> Sampling:
         """The sampling of one role, resolved here and nowhere else. Precedence, highest first:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 from personaloom.config import BackendConfig, RunConfig
@@ -96,11 +95,10 @@ def registered_experts(spec: StageInputs) -> list[dict[str, str]]:
 
 
 def template_texts(globs: tuple[str, ...]) -> dict[str, str]:
-    folder = resources.files("personaloom.prompts")
-    names = sorted(
-        {p.name for p in folder.iterdir() if p.name.endswith(".j2") and any(_match(p.name, g) for g in globs)}
-    )
-    return {n: folder.joinpath(n).read_text(encoding="utf-8") for n in names}
+    """The text in effect (a `prompts.dir` replacement, else the shipped one) of each template matching `globs`."""
+    from personaloom import prompts
+
+    return {n: prompts.source(n) for n in prompts.names() if any(_match(n, g) for g in globs)}
 
 
 def _match(name: str, glob: str) -> bool:

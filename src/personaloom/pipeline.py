@@ -34,6 +34,7 @@ from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
+from personaloom.prompts import catalog
 from personaloom.records import Attribute, Conversation, Pair, Profile, Question
 from personaloom.rundir import (
     RunState,
@@ -391,7 +392,8 @@ async def execute(config: RunConfig, until: str = "all", only: str | None = None
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     try:
-        await _execute(config, until, only, calibrate, stop, progress)
+        with catalog.applied(config.prompts.dir):  # checked first: a broken template costs no call
+            await _execute(config, until, only, calibrate, stop, progress)
     finally:
         gc.set_threshold(*threshold)
         if not frozen:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 STAGE = stagenames.EXPAND
 # The resume fingerprint's inputs (personaloom.fingerprint); the seed set is the data input.
 INPUTS = StageInputs(STAGE, ("seed", "expand", "embed", "sampling"),
-                     ("query_*.j2", "persona_answer.j2", "backend_json*.j2"), llm="main")
+                     ("query_*.j2", "persona_answer.j2", "persona_describe.j2", "backend_json*.j2"), llm="main")
 
 
 @dataclass

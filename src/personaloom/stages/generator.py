@@ -122,6 +122,8 @@ def build_messages(
         content = render(
             "generator_inline.j2",
             min_utterances=cfg.min_utterances,
+            max_utterances=cfg.max_utterances,
+            instructions=cfg.instructions,
             language=None,
             met_before=False,
             examples=examples,
@@ -131,7 +133,8 @@ def build_messages(
         return [Message(role="user", content=content)]
     # "turns" (also for the optional features, whose instructions live in the pair message): each
     # example is a finished exchange, so a small model imitates the answer's shape.
-    system = render("generator.j2", min_utterances=cfg.min_utterances, language=lang, met_before=session is not None)
+    system = render("generator.j2", min_utterances=cfg.min_utterances, max_utterances=cfg.max_utterances,
+                    instructions=cfg.instructions, language=lang, met_before=session is not None)
     messages = [Message(role="system", content=system)]
     for ex in shots:
         content, dialogue = _example_messages(ex, cfg.example_max_turns)
@@ -225,6 +228,7 @@ def parse_candidate(
     *,
     truncated: bool = False,
     trim: bool = False,
+    max_utterances: int | None = None,
     language: str | None = None,
     session: SessionContext | None = None,
 ) -> Conversation | Failure:
@@ -238,7 +242,8 @@ def parse_candidate(
     With `trim`, the conversation ends before its first defect (same-speaker run, repeated
     utterance, placeholder, unattributable line): small models write a good opening and then loop
     until max_tokens. The cut is recorded in `trimmed`; the format expert still judges what
-    is left (too short, loops inside an utterance, ...).
+    is left (too short, loops inside an utterance, ...). With `trim`, a reply longer than `max_utterances`
+    is also cut after that many utterances (a turn boundary; `trimmed.at` "too_long").
     """
     cid = candidate_id(pair, iteration, index, session)
     parsed = parse_dialogue(text)
@@ -264,6 +269,9 @@ def parse_candidate(
             trimmed = Trim(kept=len(turns), of=len(all_turns), at=cut)
         elif truncated and len(turns) > 1:
             turns = turns[:-1]
+        if max_utterances is not None and len(turns) > max_utterances:
+            turns = turns[:max_utterances]
+            trimmed = Trim(kept=len(turns), of=len(all_turns), at="too_long")
         middle: list[str] = []
         empty_utterance = False
     else:

@@ -99,7 +99,8 @@ class Generate(Step[int, Conversation]):
     def parse(self, item: int, result: ChatResult) -> Conversation | Failure:
         return generator.parse_candidate(
             self.pair, result.text, self.k, item, truncated=result.finish_reason == "length",
-            trim=self.config.generate.trim, language=self.config.language, session=self.session,
+            trim=self.config.generate.trim, max_utterances=self.config.generate.max_utterances,
+            language=self.config.language, session=self.session,
         )
 
 
@@ -217,7 +218,9 @@ async def generate_and_critique(
         session=session,
     )
     earlier = [t for s in session.previous for t in s.turns] if session is not None else []
-    pool = _passed(out, [check_format(x, config.generate.min_utterances, iteration, earlier) for x in out.candidates])
+    shape = config.generate
+    pool = _passed(out, [check_format(x, shape.min_utterances, iteration, earlier, shape.max_utterances)
+                         for x in out.candidates])
     rule_experts = ["format"]
     if config.language is not None and not is_english(config.language) and expert_config(c, "language").enabled:
         rule_experts.append("language")

@@ -9,6 +9,8 @@ Reasons (codes, in the verdict's `reasons` and first in its rationale, then deta
   stage_directions a bracketed narrative line ("[Later that week]", "(The next day)")
   same_speaker     two consecutive utterances by the same speaker
   too_short        fewer than `min_utterances` utterances
+  too_long         more than `max_utterances` utterances (generate.max_utterances; with generate.trim a longer
+                   reply is cut to that many first, so this rejects only untrimmed replies)
   repetition       degenerate looping: an utterance repeated, or one utterance/the whole conversation
                    made of the same words over and over (SmolLM2-135M does this)
   repeats_earlier  (a later session of --sessions) more than a third of its utterances repeat, or nearly
@@ -34,6 +36,7 @@ REASONS = (
     "stage_directions",
     "same_speaker",
     "too_short",
+    "too_long",
     "repetition",
     "repeats_earlier",
 )
@@ -100,6 +103,8 @@ def _trim_note(conv: Conversation) -> tuple[str, str] | None:
     trimmed = conv.trimmed
     if trimmed is None:
         return None
+    if trimmed.at == "too_long":
+        return trimmed.at, f"reply cut at max_utterances after {trimmed.kept} of {trimmed.of} utterances"
     return (
         trimmed.at,
         f"reply cut before its first defect ({trimmed.at}) after {trimmed.kept} of {trimmed.of} utterances",
@@ -118,7 +123,8 @@ def repeats_earlier(turns: Sequence[Turn], earlier: Sequence[Turn]) -> str | Non
     return None
 
 
-def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[Turn] = ()) -> list[tuple[str, str]]:
+def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[Turn] = (),
+                    max_utterances: int | None = None) -> list[tuple[str, str]]:
     """(reason code, detail) for every format problem of a candidate, in REASONS order.
 
     A candidate the generator trimmed and that is still rejected (too short, say) also carries the
@@ -146,6 +152,8 @@ def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[T
             found.append(("same_speaker", f"utterances {[(i, i + 1) for i in runs][:5]} by the same speaker"))
         if len(turns) < min_utterances:
             found.append(("too_short", f"{len(turns)} utterances < {min_utterances}"))
+        if max_utterances is not None and len(turns) > max_utterances:
+            found.append(("too_long", f"{len(turns)} utterances > {max_utterances}"))
         loops = repetition_problems(turns)
         if loops:
             found.append(("repetition", "; ".join(loops[:3])))
@@ -164,11 +172,12 @@ def format_problems(conv: Conversation, min_utterances: int, earlier: Sequence[T
 
 
 def check_format(
-    conv: Conversation, min_utterances: int, iteration: int | None = None, earlier: Sequence[Turn] = ()
+    conv: Conversation, min_utterances: int, iteration: int | None = None, earlier: Sequence[Turn] = (),
+    max_utterances: int | None = None,
 ) -> Verdict:
     """Verdict(expert="format"): "pass", or "reject" with the codes in `reasons` and the details in the
     rationale ("code1,code2: details"). `earlier`: the utterances of the sessions before this one (--sessions)."""
-    problems = format_problems(conv, min_utterances, earlier)
+    problems = format_problems(conv, min_utterances, earlier, max_utterances)
     reasons: list[str] | None = None
     if not problems:
         decision, rationale = "pass", f"{len(conv.turns)} utterances, alternating speakers, no defects"
