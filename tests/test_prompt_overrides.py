@@ -38,9 +38,9 @@ def with_marker(folder: Path) -> Path:
     ("generatr.j2", "Hi", "generatr.j2: no shipped template is called generatr.j2 (did you mean generator.j2?)"),
     ("generator.j2", "Write {{ min_utterances }} lines.\n{% if met_before %}\nAgain.\n",
      "generator.j2:3: Unexpected end of template"),
-    ("generator.j2", "Write {{ min_utterances }} lines.\nAbout {{ scenrio }}.",
-     "generator.j2:2: generator.j2 receives no variable 'scenrio'; it receives: language, met_before, "
-     "min_utterances"),
+    ("generator_pair.j2", "{{ user1 | persona_block }}\nAbout {{ scenrio }}.",
+     "generator_pair.j2:2: generator_pair.j2 receives no variable 'scenrio' (did you mean 'scenario'?); it "
+     "receives: language, scenario, scenario_fields, session, style1, style2, user1, user2"),
     ("critic_depth.j2", "{% extends 'critic_qualty.j2' %}", "uses template 'critic_qualty.j2'"),
 ])
 def test_a_broken_template_is_one_line_before_any_request(tmp_path: Path, name: str, text: str,
@@ -113,7 +113,7 @@ def test_prompts_list_show_and_copy(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in listed.stdout.splitlines()}
     assert set(rows) == set(prompts.names()) and len(rows) >= 37
-    assert rows["generator.j2"] == ["generate", "language, met_before, min_utterances"]
+    assert rows["generator.j2"] == ["generate", "instructions, language, max_utterances, met_before, min_utterances"]
     assert rows["nli.j2"] == ["profiles", "hypothesis, premise"]
     assert rows["judge_turing.j2"][0] == "evaluate,calibrate"
     shown = cli("prompts", "show", "generator.j2", cwd=tmp_path)

@@ -156,6 +156,16 @@ class GenerateConfig(Record):
     max_utterances: int | None = Field(None, ge=1)
     # Free text added to the Generator's instruction ("User 2 is a support agent who ...").
     instructions: str | None = None
+    # What the conversations are about, one scenario per pair (seeded, balanced): a list; a file (.txt: one per
+    # line; .jsonl/.csv: a `scenario` field and optional other fields, which the templates receive as
+    # `scenario_fields`); or "auto": each of `topics` expanded by the LLM into `subtopics` subtopics and each of
+    # those into `scenarios_per_subtopic` scenarios (DiaSynth), near-duplicates (embedding cosine >=
+    # `scenario_similarity`) dropped. None: no scenario (the paper's open chit-chat).
+    scenarios: list[str] | str | None = None
+    topics: list[str] | str | None = None
+    subtopics: int = Field(3, ge=1)
+    scenarios_per_subtopic: int = Field(2, ge=1)
+    scenario_similarity: float = Field(0.9, gt=0.0, le=1.0)
     max_tokens: int = Field(400, ge=16)
     # Few-shot examples as chat turns (user: profiles, assistant: conversation) or inline in one message.
     # Runs with --language, --big-five or --sessions always use turns (their instructions sit in the
@@ -179,7 +189,14 @@ class GenerateConfig(Record):
     def _bounds(self) -> GenerateConfig:
         if self.max_utterances is not None and self.max_utterances < self.min_utterances:
             raise ValueError(f"max_utterances {self.max_utterances} < min_utterances {self.min_utterances}")
+        if self.scenarios == "auto" and not self.topics:
+            raise ValueError("scenarios: auto needs topics (a list, or a file with one topic per line)")
+        if self.topics and self.scenarios != "auto":
+            raise ValueError("topics are expanded into scenarios only with scenarios: auto")
+        if self.scenarios is not None and not self.scenarios:
+            raise ValueError("scenarios is empty (leave it unset for conversations without a scenario)")
         return self
+
 
 class ExpertConfig(Record):
     enabled: bool = True
@@ -188,8 +205,8 @@ class ExpertConfig(Record):
     backend: BackendConfig | None = None
 
 
-# Every expert but the always-on format checks; traits, language and cross_session judge only runs that
-# use --big-five / --language / --sessions.
+# Every expert but the always-on format checks; traits, language, cross_session and scenario judge only runs
+# that use --big-five / --language / --sessions / generate.scenarios.
 EXPERT_NAMES = tuple(e for e in ALL_EXPERTS if e != "format")
 
 

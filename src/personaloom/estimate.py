@@ -34,6 +34,7 @@ DEFAULT_TOKENS: dict[str, tuple[int, int]] = {
     names.CRITIC: (900, 60),
     names.LOCALIZE: (90, 20),
     names.SESSIONS_MEMORY: (400, 60),
+    names.SCENARIOS: (120, 80),
 }
 # Share of bootstrap answers that survive the filters and the novelty check (measured on SmolLM2).
 BOOTSTRAP_ACCEPT = 0.4
@@ -88,13 +89,17 @@ def expected_calls(config: RunConfig, seed_attributes: int) -> dict[str, float]:
         calls[names.LOCALIZE] = pairs * 2 * pr.size  # at most: the cache pays an attribute shared by pairs once
     if sessions > 1:
         calls[names.SESSIONS_MEMORY] = pairs * 2 * (sessions - 1)
+    if ge.scenarios == "auto":  # one call per topic, then one per subtopic
+        topics = len(ge.topics) if isinstance(ge.topics, list) else 1
+        calls[names.SCENARIOS] = topics * (1 + ge.subtopics)
 
     def on(name: str) -> bool:
         expert = cr.experts.get(name)
         return expert is None or expert.enabled
 
     quality = sum(1 for q in QUALITY_EXPERTS if on(q))
-    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f)) + (config.big_five.active and on("traits"))
+    filters = sum(1 for f in ("faithfulness", "toxicity") if on(f)) + (config.big_five.active and on("traits")) + \
+        (ge.scenarios is not None and on("scenario"))
     if cr.mode == "listwise":
         per_session = quality + filters * c
     else:

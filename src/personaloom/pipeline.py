@@ -35,7 +35,7 @@ from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
 from personaloom.prompts import catalog
-from personaloom.records import Attribute, Conversation, Pair, Profile, Question
+from personaloom.records import Attribute, Conversation, Pair, Profile, Question, Scenario
 from personaloom.rundir import (
     RunState,
     earlier_usage,
@@ -267,6 +267,10 @@ class Pipeline:
         chosen = [assign_to_pair(p, cfg.big_five, cfg.seed, profiles) for p in usable]
         if not chosen:
             raise InputError("no pairs to generate for: pairs.jsonl is empty", path=self._path("pairs.jsonl"))
+        if gen.scenarios is not None:
+            from personaloom.stages.scenarios import assign
+
+            chosen = assign(chosen, await self.scenarios(), cfg.seed)
         planned = split_rounds(chosen, gen.iterations) if gen.target_kept is None else []
         seeds = list(self.seed_set.conversations)
         pool = seeds
@@ -297,6 +301,25 @@ class Pipeline:
             kept = min(kept, gen.target_kept)
         self.stats.extra["dataset"] = dataset_summary(summaries, kept, cfg.critic.mode)
         return KeptConversations(tuple(paths), kept)
+
+    async def scenarios(self) -> list[Scenario]:
+        """scenarios.jsonl: generate.scenarios as records, expanded from the topics for "auto" (stages/scenarios.py)."""
+        from personaloom.stages import scenarios as sc
+
+        gen = self.config.generate
+        fp = fingerprint(sc.INPUTS, self.config, None, gen.model_dump(mode="json", include=set(sc.SETTINGS)),
+                         files_fingerprint(*sc.sources(gen)))
+        if self.state.is_done(sc.STAGE, fp, self._path("scenarios.jsonl")):
+            return self._read("scenarios.jsonl", Scenario)
+        errors = self.stats.llm["errors"]
+        with self.stats.stage(sc.STAGE) as st:
+            built = await sc.build_scenarios(gen, self.clients.role, self.embedder, self.config.sampling,
+                                             self.config.seed)
+            st.update(built.counts)
+        self._write("scenarios.jsonl", built.scenarios)
+        self._mark(sc.STAGE, fp, errors)
+        console.print(f"scenarios: {len(built.scenarios)} ({', '.join(f'{k} {v}' for k, v in built.counts.items())})")
+        return built.scenarios
 
     def _next_round(self, chosen: list[Pair], used: int, kept: int) -> list[Pair]:
         """--target-kept: the next round's pairs, as many as the keep rate so far says the rest needs

@@ -90,10 +90,23 @@ class Profile(OptionalFieldsRecord):
     traits: Traits | None = None
 
 
-class Pair(OptionalFieldsRecord):
-    """Two profiles that will talk to each other."""
+class Scenario(OptionalFieldsRecord):
+    """What a conversation is about (generate.scenarios): `text`, one or two sentences. From
+    `generate.scenarios: auto`, the `topic` and `subtopic` it was expanded from; from a JSONL/CSV file, its other
+    columns as `fields` (the Generator's templates receive them as `scenario_fields`)."""
 
-    omit_if_none = ("user1_traits", "user2_traits")
+    omit_if_none = ("topic", "subtopic", "fields")
+    id: str
+    text: str
+    topic: str | None = None
+    subtopic: str | None = None
+    fields: dict[str, str] | None = None
+
+
+class Pair(OptionalFieldsRecord):
+    """Two profiles that will talk to each other; `scenario`: what about (assigned when generating)."""
+
+    omit_if_none = ("user1_traits", "user2_traits", "scenario")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -103,6 +116,7 @@ class Pair(OptionalFieldsRecord):
     source: str = "paired"
     user1_traits: Traits | None = None
     user2_traits: Traits | None = None
+    scenario: Scenario | None = None
 
 
 class Turn(Record):
@@ -183,10 +197,10 @@ class Conversation(OptionalFieldsRecord):
     (every session of a multi-session conversation; `turns` then holds the last one, so readers of the
     plain shape still work), `label_forms` (the speaker-label forms other than "User 1:" its source text
     used, e.g. ["emphasis"]; its turns are canonical whatever the form), `trimmed` (a candidate the
-    generator cut before its first defect).
+    generator cut before its first defect), `scenario` (what it was generated to be about, generate.scenarios).
     """
 
-    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions", "label_forms", "trimmed")
+    omit_if_none = ("user1_traits", "user2_traits", "language", "sessions", "label_forms", "trimmed", "scenario")
     id: str
     user1_persona: list[str]
     user2_persona: list[str]
@@ -204,6 +218,7 @@ class Conversation(OptionalFieldsRecord):
     # The non-canonical speaker-label forms its text used (dialogue.LABEL_FORMS), when it had any.
     label_forms: list[str] | None = None
     trimmed: Trim | None = None
+    scenario: str | None = None
 
     def all_turns(self) -> list[Turn]:
         """Every utterance of every session (just `turns` for a one-session conversation)."""
@@ -213,11 +228,11 @@ class Conversation(OptionalFieldsRecord):
 
 
 # The paper's experts (DESIGN.md §3), then those of the optional features: traits (--big-five),
-# language (--language), cross_session (--sessions).
+# language (--language), cross_session (--sessions), scenario (generate.scenarios).
 PaperExpert = Literal[
     "format", "depth", "coherency", "consistency", "diversity", "likeability", "faithfulness", "toxicity"
 ]
-Expert = Literal[PaperExpert, "traits", "language", "cross_session"]
+Expert = Literal[PaperExpert, "traits", "language", "cross_session", "scenario"]
 EXPERTS: tuple[str, ...] = get_args(PaperExpert)
 ALL_EXPERTS: tuple[str, ...] = get_args(Expert)
 

@@ -85,7 +85,7 @@ def write_dataset(out: Path, conversations: Iterable[Conversation], config: RunC
     """conversations.jsonl, spc.csv, dataset/ and the dataset card README.md. `conversations` is read
     once per file (a run's are streamed from its rounds' selected.jsonl: see KeptConversations)."""
     stats.conversations = write_jsonl(out / "conversations.jsonl", conversations)
-    write_spc_csv(out / "spc.csv", conversations)
+    write_spc_csv(out / "spc.csv", conversations, scenario=config.generate.scenarios is not None)
     write_hf_dataset(out / "dataset", conversations)
     write_dataset_card(
         out / "README.md", conversations, title=f"personaloom dataset ({out.name})",

@@ -212,6 +212,39 @@ def _schema_instance(schema: dict[str, object], rnd: random.Random) -> object:
     return "It reads naturally and fits both profiles."
 
 
+_ASPECTS = ("first steps", "costs and budgets", "common mistakes", "a story from last week", "plans for next year",
+            "tools and tips")
+_SITUATIONS = ("User 1 asks User 2 for advice on {s}.", "User 1 and User 2, two old friends, compare notes on {s}.",
+               "User 2 tells User 1, a neighbour, about {s} and they plan to try it together.")
+_SCENARIO_LINE = "What their conversation is about: "
+_SCENARIO_STOP = {"user", "about", "their", "they", "with", "asks", "tells", "from", "that", "this", "them", "what"}
+
+
+def _quoted_after(text: str, prefix: str) -> str | None:
+    """The JSON string that follows `prefix` on a line of `text` (prompts quote untrusted text), or None."""
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            try:
+                value = json.loads(line[len(prefix):])
+            except json.JSONDecodeError:
+                return None
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _scenario_words(text: str) -> set[str]:
+    return {w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split()
+            if len(w) > 3 and w not in _SCENARIO_STOP}
+
+
+def _follows(prompt: str) -> bool:
+    """The scripted scenario judge: most of the scenario's content words occur in the conversation."""
+    scenario = _quoted_after(prompt, "Scenario: ") or ""
+    wanted = _scenario_words(scenario)
+    said = _scenario_words(prompt.split("Conversation:", 1)[-1])
+    return bool(wanted) and len(wanted & said) >= len(wanted) / 2
+
+
 def demo_responder(request: ChatRequest) -> str:
     # Seeded by a 64-bit digest: seeding Random with the prompt string itself turns all of it into one big
     # integer, which cost more than the rest of the reply.
@@ -223,6 +256,8 @@ def demo_responder(request: ChatRequest) -> str:
             for side, levels in _reading(request.messages[-1].content).items():
                 if isinstance(answer[side], dict):
                     answer[side].update({t: v for t, v in levels.items() if t in answer[side]})
+        if isinstance(answer, dict) and answer.get("verdict") in ("follows", "ignores"):  # the scenario judge
+            answer["verdict"] = "follows" if _follows(request.messages[-1].content) else "ignores"
         return json.dumps(answer)
     stage = request.stage
     if stage == names.EXPAND_QUESTIONS:
@@ -238,6 +273,13 @@ def demo_responder(request: ChatRequest) -> str:
         return f"{json.loads(request.messages[-1].content)} (localized)"
     if stage == names.SESSIONS_MEMORY:
         return f"They talked about {rnd.choice(_OBJECTS)} and {rnd.choice(_OBJECTS)}, and plan to meet again."
+    prompt = request.messages[-1].content
+    if stage == names.SCENARIOS_SUBTOPICS:
+        topic = _quoted_after(prompt, "Topic: ") or "life"
+        return "\n".join(f"{i + 1}. {topic}: {aspect}" for i, aspect in enumerate(_ASPECTS))
+    if stage == names.SCENARIOS_EXPAND:
+        subtopic = _quoted_after(prompt, "Subtopic: ") or "life"
+        return "\n".join(f"- {s.format(s=subtopic)}" for s in _SITUATIONS)
     start = rnd.randrange(0, 3)
     again = "talked before" in request.messages[0].content
     pair_message = request.messages[-1].content
@@ -246,6 +288,9 @@ def demo_responder(request: ChatRequest) -> str:
         if f"Write their conversation in {language}." in pair_message:
             pool = pools[1] if again else pools[0]
     lines = list(pool[start : start + 8 + rnd.randrange(0, 3)])
+    scenario = _quoted_after(pair_message, _SCENARIO_LINE)
+    if scenario:  # a model that follows its scenario opens with it
+        lines[0] = f"I wanted to ask you about this: {scenario}"
     for i in (0, 1):
         lines[i] = f"{lines[i]} {_marks(pair_message, 1 + i)}".rstrip()
     return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))
@@ -259,6 +304,8 @@ _STAGE_BY_OPENING = (
     ("You are a person who says", names.EXPAND_ANSWERS),
     ("Here is a description of a person", names.EXPAND_DESCRIBE),
     ("Write the opposite of this statement", names.PROFILES_NEGATION),
+    ("Subtopics of a topic", names.SCENARIOS_SUBTOPICS),
+    ("Scenarios for a chat conversation", names.SCENARIOS_EXPAND),
 )
 
 

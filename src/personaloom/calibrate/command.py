@@ -6,8 +6,8 @@ In: a RunConfig (its backend and each enabled expert's own), the output folder, 
 Turing judge: machine-written conversations of the same user pairs as `data`'s human ones), a probe limit. Out:
 DIR/calibration.json keyed by judge name (depth, coherency, consistency, diversity, likeability: in the
 critic's mode, with both modes under "pairwise"/"listwise"; faithfulness, toxicity, nli; traits with
---big-five, cross_session with --sessions; turing with a reference), each {accuracy, ci_low, ci_high,
-chance, position_bias, length_bias, kappa, n, weight, ...}. Every probe call goes through the run's cache:
+--big-five, cross_session with --sessions; scenario when `data` has conversations with scenarios; turing with a
+reference), each {accuracy, ci_low, ci_high, chance, position_bias, length_bias, kappa, n, weight, ...}. Every probe call goes through the run's cache:
 re-running is free.
 """
 
@@ -76,7 +76,8 @@ async def measure_all(config: RunConfig, route: Router, stats: Stats, convs: lis
     for expert, checks in (("faithfulness", probes.faithfulness_checks(convs, limit)),
                            ("toxicity", probes.toxicity_checks(limit)),
                            ("traits", probes.traits_checks(convs, limit)),
-                           ("cross_session", probes.cross_session_checks(convs, limit))):
+                           ("cross_session", probes.cross_session_checks(convs, limit)),
+                           ("scenario", probes.scenario_checks(convs, limit))):
         if features.get(expert, True) and _enabled(config, expert) and checks:
             results[expert] = (await measure.checks(expert, checks, route, ctx, stats)).summary()
     if config.profiles.nli in ("llm", "llm-pairwise"):

@@ -14,7 +14,9 @@ Degradations, one per quality expert's criterion (the original must win against 
 Faithfulness: the conversation with its own profiles ("pass") vs with one profile edited so that an
 attribute the speaker expresses is negated ("reject"). Traits (--big-five): user 2 as written and made curt,
 each given high and low agreeableness. Cross-session (--sessions): a conversation's second half after its
-first, as is and opening with a contradiction of session 1. Every comparison is shown in both orders.
+first, as is and opening with a contradiction of session 1. Scenario (generate.scenarios): a conversation with
+the scenario it was generated for ("pass") and with another conversation's scenario ("reject"). Every comparison
+is shown in both orders.
 """
 
 from __future__ import annotations
@@ -175,6 +177,20 @@ def cross_session_checks(convs: list[Conversation], limit: int) -> list[Check]:
         bad = conv.model_copy(update={"id": f"{conv.id}~s2-contradicts", "turns": [contradiction, *second[1:]]})
         out += [Check(f"cross_session:{conv.id}", good, "pass", ctx),
                 Check(f"cross_session:{conv.id}~", bad, "reject", ctx)]
+    return out
+
+
+def scenario_checks(convs: list[Conversation], limit: int) -> list[Check]:
+    """generate.scenarios: each conversation with its own scenario ("pass") and with the next conversation's
+    different scenario ("reject"); none when fewer than two distinct scenarios are at hand."""
+    have = [c for c in convs if c.scenario]
+    out: list[Check] = []
+    for i, conv in enumerate(have[:limit]):
+        other = next((c.scenario for c in have[i + 1:] + have[:i] if c.scenario != conv.scenario), None)
+        if other is None:
+            continue
+        swapped = conv.model_copy(update={"id": f"{conv.id}~other-scenario", "scenario": other})
+        out += [Check(f"scenario:{conv.id}", conv, "pass"), Check(f"scenario:{conv.id}~", swapped, "reject")]
     return out
 
 

@@ -100,6 +100,14 @@ def languages(convs: Sequence[Conversation]) -> dict[str, Any] | None:
     return {"conversations": len(tagged), "by_language": per_language, "primary": dict(primary)}
 
 
+def scenarios(convs: Sequence[Conversation]) -> dict[str, Any] | None:
+    """Conversations per scenario (generate.scenarios), commonest first; None when none has a scenario."""
+    found = Counter(c.scenario for c in convs if c.scenario)
+    if not found:
+        return None
+    return {"conversations": sum(found.values()), "scenarios": len(found), "by_scenario": dict(found.most_common())}
+
+
 async def sessions(
     convs: Sequence[Conversation], judge: LLMClient | None, seed: int, sample: Sequence[Conversation] | None = None
 ) -> tuple[dict[str, Any] | None, list[Verdict]]:

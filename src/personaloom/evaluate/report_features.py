@@ -1,4 +1,4 @@
-"""report.html sections of the optional features (metrics.json "big_five", "languages", "sessions").
+"""report.html sections of the optional features (metrics.json "big_five", "languages", "scenarios", "sessions").
 
 In: the metrics dict; out: HTML strings (empty when the dataset does not use a feature). Every
 string from the data is escaped; figures are inline PNG like the rest of the report.
@@ -83,6 +83,18 @@ def languages_section(m: dict[str, Any] | None) -> str:
     )
 
 
+def scenarios_section(m: dict[str, Any] | None) -> str:
+    if not isinstance(m, dict):
+        return ""
+    rows = [[esc(text), num(n)] for text, n in (m.get("by_scenario") or {}).items()]
+    return (
+        "<h2>Scenarios</h2>"
+        f'<p class="note">{num(m.get("conversations"))} conversations generated for {num(m.get("scenarios"))} '
+        "scenarios (generate.scenarios), by their <code>scenario</code> field.</p>"
+        + table(["scenario", "conversations"], rows)
+    )
+
+
 def sessions_section(m: dict[str, Any] | None, run_verdicts: dict[str, Any] | None = None) -> str:
     if not isinstance(m, dict):
         return ""
@@ -119,6 +131,7 @@ def feature_sections(metrics: dict[str, Any], run_verdicts: dict[str, Any] | Non
         (
             big_five_section(metrics.get("big_five")),
             languages_section(metrics.get("languages")),
+            scenarios_section(metrics.get("scenarios")),
             sessions_section(metrics.get("sessions"), run_verdicts),
         )
     )

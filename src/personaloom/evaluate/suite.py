@@ -8,7 +8,7 @@ embedder for persona coverage. Out (in `out`):
                  under "reference", ir_transfer["generated->reference"], and with a judge turing,
                  faithfulness and toxicity (None when not run, with the reason under "notes")
   report.html    see evaluate/report.py
-  big_five, languages, sessions   the optional features' lines (evaluate/features.py), None when no
+  big_five, languages, scenarios, sessions   the optional features' lines (evaluate/features.py), None when no
                  conversation uses the feature
   judge/{turing,faithfulness,toxicity,traits,cross_session}.jsonl   every judge decision, when a judge ran
 `limit` caps the conversations sent to the judge (a seeded sample). Persona coverage embeds every
@@ -199,6 +199,7 @@ async def evaluate(
         metrics["judged_conversations"] = len(sample)
     metrics["big_five"], trait_verdicts = await features.big_five(convs, judge, seed, judged)
     metrics["languages"] = features.languages(convs)
+    metrics["scenarios"] = features.scenarios(convs)
     metrics["sessions"], session_verdicts = await features.sessions(convs, judge, seed, judged)
     for name, found in (("traits", trait_verdicts), ("cross_session", session_verdicts)):
         if found:

@@ -27,11 +27,13 @@ DEFAULT_LICENCE = "cc-by-4.0"
 
 def card_counts(conversations: Iterable[Conversation]) -> dict[str, Any]:
     """The card's counts, in one pass (a run's kept conversations are streamed from disk); "languages"
-    are the ISO 639 codes used (English unless --language said otherwise)."""
+    are the ISO 639 codes used (English unless --language said otherwise); "scenarios": conversations per
+    scenario, commonest first (empty without generate.scenarios)."""
     personas: set[tuple[str, ...]] = set()
     attributes: set[str] = set()
     languages: set[str] = set()
     defects: Counter[str] = Counter()
+    scenarios: Counter[str] = Counter()
     n = turns = with_defects = 0
     for c in conversations:
         n += 1
@@ -43,6 +45,8 @@ def card_counts(conversations: Iterable[Conversation]) -> dict[str, Any]:
         languages.add(primary_subtag(c.language) if c.language else "en")
         defects.update(set(c.defects))
         with_defects += bool(c.defects)
+        if c.scenario:
+            scenarios[c.scenario] += 1
     return {
         "conversations": n,
         "turns": turns,
@@ -52,6 +56,7 @@ def card_counts(conversations: Iterable[Conversation]) -> dict[str, Any]:
         "with_defects": with_defects,
         "defects": {k: defects[k] for k in DEFECT_KINDS if defects[k]},
         "languages": sorted(languages) or ["en"],
+        "scenarios": dict(scenarios.most_common()),
     }
 
 

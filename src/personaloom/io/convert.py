@@ -53,7 +53,7 @@ def write_conversations(
     if target == "jsonl":
         write_jsonl(dst, conversations)
     elif target == "spc-csv":
-        write_spc_csv(dst, conversations)
+        write_spc_csv(dst, conversations, scenario=any(c.scenario for c in conversations))
     elif target == "parlai":
         written = write_parlai(dst, conversations, candidates=candidates, seed=seed)
     else:

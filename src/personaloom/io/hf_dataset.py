@@ -3,8 +3,8 @@
 Writer: conversations and a directory in; the directory out, loadable with `datasets.load_from_disk(dir)` or
 `datasets.load_dataset("parquet", data_files=f"{dir}/data.parquet")`. Columns follow the
 conversation record of DESIGN.md §3; `critic` (the CriticSummary) and the Big Five levels (`user1_traits`,
-`user2_traits`: levels or scores) are stored as JSON strings; `language` and `sessions` are null for
-conversations that do not use those features. The directory is
+`user2_traits`: levels or scores) are stored as JSON strings; `language`, `scenario` and `sessions` are null
+for conversations that do not use those features. The directory is
 built beside the target and renamed into place, so a crash never leaves a half-written dataset.
 
 Reader (`read_hf_dataset`): such a directory (a Dataset or a DatasetDict: every split, in order) or a Parquet
@@ -52,6 +52,7 @@ def _features() -> Any:
             "user1_traits": Value("string"),
             "user2_traits": Value("string"),
             "language": Value("string"),
+            "scenario": Value("string"),
             "sessions": [
                 {
                     "index": Value("int32"),

@@ -6,9 +6,10 @@ per line. The conversation cell is parsed with dialogue.parse_dialogue (speaker 
 cut by character count); the cell is kept as `raw` and its format defects as `defects`, so nothing is
 silently dropped. Out: Conversations with ids `spc-00000`, ... in row order.
 
-Out (writer): an SPC-compatible CSV with those three columns. The conversation cell is `raw` when it
-is still consistent with the turns (so SPC CSV -> JSONL -> SPC CSV gives identical cells), otherwise
-the turns rendered as `User n: text` lines.
+Out (writer): an SPC-compatible CSV with those three columns, and a fourth, `scenario`, when `scenario` is
+set (conversations generated for scenarios: generate.scenarios); the reader reads that column back. The
+conversation cell is `raw` when it is still consistent with the turns (so SPC CSV -> JSONL -> SPC CSV gives
+identical cells), otherwise the turns rendered as `User n: text` lines.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from personaloom.records import Conversation
 SOURCE = "spc"
 USER1, USER2, CONVERSATION = "user 1 personas", "user 2 personas", "Best Generated Conversation"
 COLUMNS = (USER1, USER2, CONVERSATION)
+SCENARIO = "scenario"
 
 
 def _personas(cell: str) -> list[str]:
@@ -47,8 +49,10 @@ def _header_index(header: list[str], path: Path) -> list[int]:
     return [names.index(c.lower()) for c in COLUMNS]
 
 
-def spc_conversation(user1: str, user2: str, raw: str, index: int, source: str = SOURCE) -> Conversation:
-    """One SPC row's cells (personas one per line, the conversation text) -> the `index`-th Conversation."""
+def spc_conversation(user1: str, user2: str, raw: str, index: int, source: str = SOURCE,
+                     scenario: str | None = None) -> Conversation:
+    """One SPC row's cells (personas one per line, the conversation text, the optional scenario) -> the
+    `index`-th Conversation."""
     parsed = parse_dialogue(raw)
     return Conversation(
         id=f"{source}-{index:05d}",
@@ -59,6 +63,7 @@ def spc_conversation(user1: str, user2: str, raw: str, index: int, source: str =
         raw=raw,
         defects=parsed.defects,
         label_forms=parsed.label_forms or None,
+        scenario=scenario.strip() or None if scenario else None,
     )
 
 
@@ -67,6 +72,7 @@ def read_spc_csv(path: str | Path, source: str = SOURCE) -> list[Conversation]:
     reader = csv.reader(io.StringIO(read_text(p), newline=""), strict=True)
     out: list[Conversation] = []
     index: list[int] | None = None
+    scenario_at: int | None = None
     row_no = 0
     while True:
         start = reader.line_num + 1
@@ -82,12 +88,15 @@ def read_spc_csv(path: str | Path, source: str = SOURCE) -> list[Conversation]:
             continue
         if index is None:
             index = _header_index(row, p)
+            names = [h.strip().lower() for h in row]
+            scenario_at = names.index(SCENARIO) if SCENARIO in names else None
             continue
         row_no += 1
         if len(row) <= max(index):
             raise InputError(f"row {row_no} has {len(row)} field(s), expected {max(index) + 1}", p, start)
         user1, user2, raw = (row[i] for i in index)
-        out.append(spc_conversation(user1, user2, raw, len(out), source))
+        scenario = row[scenario_at] if scenario_at is not None and scenario_at < len(row) else None
+        out.append(spc_conversation(user1, user2, raw, len(out), source, scenario))
     if index is None:
         raise InputError("empty file", p)
     if not out:
@@ -102,12 +111,14 @@ def conversation_cell(conv: Conversation) -> str:
     return render_dialogue(conv.turns)
 
 
-def write_spc_csv(path: str | Path, conversations: Iterable[Conversation]) -> int:
+def write_spc_csv(path: str | Path, conversations: Iterable[Conversation], *, scenario: bool = False) -> int:
+    """The SPC CSV (see the module docstring), with the `scenario` column when `scenario`; the rows written."""
     n = 0
     with atomic_open(path) as fh:
         writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
+        writer.writerow([*COLUMNS, SCENARIO] if scenario else COLUMNS)
         for conv in conversations:
-            writer.writerow(["\n".join(conv.user1_persona), "\n".join(conv.user2_persona), conversation_cell(conv)])
+            cells = ["\n".join(conv.user1_persona), "\n".join(conv.user2_persona), conversation_cell(conv)]
+            writer.writerow([*cells, conv.scenario or ""] if scenario else cells)
             n += 1
     return n

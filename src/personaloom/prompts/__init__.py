@@ -86,6 +86,11 @@ def using(folder: str | Path | None) -> Iterator[None]:
         _folder.reset(token)
 
 
+def in_effect() -> Overrides | None:
+    """The replacement templates in effect in this context (None: the shipped ones), a hashable cache key."""
+    return _folder.get()
+
+
 def names() -> list[str]:
     """The shipped templates' file names, sorted."""
     return sorted(p.name for p in resources.files(__package__).iterdir() if p.name.endswith(".j2"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from personaloom import rng, stagenames
+from personaloom import prompts, rng, stagenames
 from personaloom.chat import ChatRequest, Message, Sampling
 from personaloom.config import GenerateConfig
 from personaloom.dialogue import (
@@ -29,7 +29,7 @@ from personaloom.dialogue import (
     turn_defects,
 )
 from personaloom.prompts import render
-from personaloom.records import Conversation, Failure, Pair, SessionContext, Trim, Turn
+from personaloom.records import Conversation, Failure, Pair, Scenario, SessionContext, Trim, Turn
 from personaloom.text import is_near_duplicate, prompt_language, word_set, words
 from personaloom.traits import levels
 
@@ -66,18 +66,20 @@ def _example_dialogue(conv: Conversation, max_turns: int | None) -> str:
 # rendered messages are kept per example object (identity: the pool's records are never mutated), so a
 # run renders each example once, not once per pair. Bounded: cleared when it outgrows any pool.
 _EXAMPLE_MEMO_MAX = 8192
-_example_memo: dict[tuple[int, int | None], tuple[Conversation, str, str]] = {}
+_example_memo: dict[tuple[int, int | None, object], tuple[Conversation, str, str]] = {}
 
 
 def _example_messages(ex: Conversation, max_turns: int | None) -> tuple[str, str]:
-    """(pair message, dialogue) of a few-shot example, as build_messages shows it."""
-    key = (id(ex), max_turns)
+    """(pair message, dialogue) of a few-shot example, as build_messages shows it (with its scenario, if it had
+    one: the Generator sees how a scenario becomes a conversation)."""
+    key = (id(ex), max_turns, prompts.in_effect())  # another run in this process may replace the templates
     hit = _example_memo.get(key)
     if hit is not None and hit[0] is ex:
         return hit[1], hit[2]
     if len(_example_memo) >= _EXAMPLE_MEMO_MAX:
         _example_memo.clear()
-    pair_message = _pair_message(ex.user1_persona, ex.user2_persona, (ex.user1_traits, ex.user2_traits))
+    pair_message = _pair_message(ex.user1_persona, ex.user2_persona, (ex.user1_traits, ex.user2_traits),
+                                 scenario=Scenario(id="", text=ex.scenario) if ex.scenario else None)
     dialogue = _example_dialogue(ex, max_turns)
     _example_memo[key] = (ex, pair_message, dialogue)
     return pair_message, dialogue
@@ -89,6 +91,7 @@ def _pair_message(
     traits: tuple[Any, Any],
     language: str | None = None,
     session: SessionContext | None = None,
+    scenario: Scenario | None = None,
 ) -> str:
     return render(
         "generator_pair.j2",
@@ -98,7 +101,13 @@ def _pair_message(
         style2=levels(traits[1]),
         language=language,
         session=None if session is None else {"index": session.index, "gap": session.gap, "memory": session.memory},
+        **_scenario_variables(scenario),
     )
+
+
+def _scenario_variables(scenario: Scenario | None) -> dict[str, Any]:
+    return {"scenario": scenario.text if scenario else None, "scenario_fields": (scenario.fields or {}) if scenario
+            else {}}
 
 
 def build_messages(
@@ -129,6 +138,7 @@ def build_messages(
             examples=examples,
             user1=pair.user1_persona,
             user2=pair.user2_persona,
+            **_scenario_variables(pair.scenario),
         )
         return [Message(role="user", content=content)]
     # "turns" (also for the optional features, whose instructions live in the pair message): each
@@ -141,7 +151,7 @@ def build_messages(
         messages.append(Message(role="user", content=content))
         messages.append(Message(role="assistant", content=dialogue))
     target = _pair_message(
-        pair.user1_persona, pair.user2_persona, (pair.user1_traits, pair.user2_traits), lang, session
+        pair.user1_persona, pair.user2_persona, (pair.user1_traits, pair.user2_traits), lang, session, pair.scenario
     )
     messages.append(Message(role="user", content=target))
     return messages
@@ -306,4 +316,5 @@ def parse_candidate(
         language=language,
         label_forms=parsed.label_forms or None,
         trimmed=trimmed,
+        scenario=pair.scenario.text if pair.scenario else None,
     )

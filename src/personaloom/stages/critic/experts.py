@@ -9,7 +9,8 @@ schema support), and `Verdict`s parsed from the replies.
   faithfulness, toxicity: "pass"/"reject" for one candidate;
   traits (--big-five): reads each speaker's Big Five levels blind, "pass" when at least
       `min_agreement` of them match the levels the speakers were given (the reading is kept);
-  cross_session (--sessions): "pass"/"reject" for a later session against the earlier ones.
+  cross_session (--sessions): "pass"/"reject" for a later session against the earlier ones;
+  scenario (generate.scenarios): "pass"/"reject": does the candidate follow the scenario it was written for?
 A reply that cannot be parsed (or a failed call) gives decision "abstain" with the problem in the
 rationale, never an exception; the round records it as a Failure. Each expert is registered as a
 `CriticExpert` (stages/critic/registry.py) at the end of this module; the evaluation reuses the
@@ -34,8 +35,8 @@ from personaloom.text import prompt_language
 from personaloom.traits import agreement, agreement_rate, levels
 
 QUALITY_EXPERTS: tuple[Expert, ...] = ("depth", "coherency", "consistency", "diversity", "likeability")
-# traits and cross_session filter only conversations that use their feature.
-FILTER_EXPERTS: tuple[Expert, ...] = ("faithfulness", "toxicity", "traits", "cross_session")
+# traits, cross_session and scenario filter only conversations that use their feature.
+FILTER_EXPERTS: tuple[Expert, ...] = ("faithfulness", "toxicity", "traits", "cross_session", "scenario")
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Short rationales: the decision comes first in the schema so that a reply cut by max_tokens still
 # carries it.
@@ -59,6 +60,7 @@ PAIRWISE_SCHEMA = _schema("better", {"type": "string", "enum": ["A", "B", "tie"]
 FAITHFULNESS_SCHEMA = _schema("verdict", {"type": "string", "enum": ["faithful", "unfaithful"]})
 TOXICITY_SCHEMA = _schema("label", {"type": "string", "enum": ["safe", "toxic"]})
 CROSS_SESSION_SCHEMA = _schema("verdict", {"type": "string", "enum": ["consistent", "contradictory"]})
+SCENARIO_SCHEMA = _schema("verdict", {"type": "string", "enum": ["follows", "ignores"]})
 
 
 def traits_schema(traits: list[str]) -> dict[str, Any]:
@@ -371,6 +373,21 @@ def parse_cross_session(conv: Conversation, result: ChatResult) -> Verdict:
     return _pass_or_reject(conv, result, "cross_session", "verdict", ("consistent", "contradictory"))
 
 
+# ---- scenario ---------------------------------------------------------------------------------
+
+
+def build_scenario_request(conv: Conversation, sampling: Sampling, seed: int, max_tokens: int = 160) -> ChatRequest:
+    """Does `conv` follow `conv.scenario`, the scenario it was generated for?"""
+    system = render_fixed("critic_scenario.j2", language=prompt_language(conv.language))
+    user = render("critic_scenario_user.j2", scenario=conv.scenario or "", turns=conv.turns)
+    params = sampling.params(max_tokens, rng.derive_seed(seed, stage_of("scenario"), conv.id))
+    return _request(system, user, SCENARIO_SCHEMA, params, "scenario", conv.id)
+
+
+def parse_scenario(conv: Conversation, result: ChatResult) -> Verdict:
+    return _pass_or_reject(conv, result, "scenario", "verdict", ("follows", "ignores"))
+
+
 # ---- the registered experts ------------------------------------------------------------------
 
 
@@ -448,5 +465,21 @@ class CrossSession(CriticExpert):
         return [parse_cross_session(shown[0], result)]
 
 
-for _expert in (*(QualityExpert(n) for n in QUALITY_EXPERTS), Faithfulness(), Toxicity(), Traits(), CrossSession()):
+class ScenarioExpert(CriticExpert):
+    """generate.scenarios: judges only a conversation generated for a scenario."""
+
+    name = "scenario"
+
+    def applies(self, conv: Conversation, ctx: ExpertContext) -> bool:
+        return bool(conv.scenario)
+
+    def request(self, shown: tuple[Conversation, ...], ctx: ExpertContext) -> ChatRequest:
+        return build_scenario_request(shown[0], ctx.sampling, ctx.seed, ctx.max_tokens)
+
+    def parse(self, shown: tuple[Conversation, ...], result: ChatResult, ctx: ExpertContext) -> list[Verdict]:
+        return [parse_scenario(shown[0], result)]
+
+
+for _expert in (*(QualityExpert(n) for n in QUALITY_EXPERTS), Faithfulness(), Toxicity(), Traits(), CrossSession(),
+                ScenarioExpert()):
     register(_expert)
