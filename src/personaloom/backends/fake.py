@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -287,7 +288,14 @@ def demo_responder(request: ChatRequest) -> str:
     for language, pools in _LINES_IN.items():
         if f"Write their conversation in {language}." in pair_message:
             pool = pools[1] if again else pools[0]
-    lines = list(pool[start : start + 8 + rnd.randrange(0, 3)])
+    # 8 to 10 lines (so about two in three are too short for "at least 10"); asked for more than 10, the whole
+    # pool (a longer conversation, for recipes such as examples/french_tutoring.yaml).
+    asked = re.search(r"Write at least (\d+)", request.messages[0].content)
+    n = 8 + rnd.randrange(0, 3)
+    if asked and int(asked.group(1)) > 10:
+        n = len(pool)
+    start = min(start, len(pool) - n)
+    lines = list(pool[start : start + n])
     scenario = _quoted_after(pair_message, _SCENARIO_LINE)
     if scenario:  # a model that follows its scenario opens with it
         lines[0] = f"I wanted to ask you about this: {scenario}"

@@ -7,8 +7,8 @@ Turing judge: machine-written conversations of the same user pairs as `data`'s h
 DIR/calibration.json keyed by judge name (depth, coherency, consistency, diversity, likeability: in the
 critic's mode, with both modes under "pairwise"/"listwise"; faithfulness, toxicity, nli; traits with
 --big-five, cross_session with --sessions; scenario when `data` has conversations with scenarios; turing with a
-reference), each {accuracy, ci_low, ci_high, chance, position_bias, length_bias, kappa, n, weight, ...}. Every probe call goes through the run's cache:
-re-running is free.
+reference), each {accuracy, ci_low, ci_high, chance, position_bias, length_bias, kappa, n, weight, ...}. Every
+probe call goes through the run's cache: re-running is free.
 """
 
 from __future__ import annotations
