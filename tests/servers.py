@@ -152,6 +152,11 @@ class LoopbackConfig:
     # Authentication the server requires: require(target, headers) -> None to serve, or the reason for a 401
     # (target: the request's path with its query; headers lower-cased). Counted as fault "unauthorized".
     require: Callable[[str, dict[str, str]], str | None] | None = None
+    # vLLM's /v1/models field for the model's context window (None: not sent, as most servers do not).
+    max_model_len: int | None = None
+    # The usage block's prompt tokens of a body (None: its words), e.g. capped at a window, as a server that
+    # truncates long prompts silently (Ollama) reports them.
+    prompt_tokens: Callable[[dict[str, Any]], int] | None = None
 
 
 class LoopbackServer:
@@ -279,7 +284,9 @@ class LoopbackServer:
     async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes,
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         if method == "GET" and path.rstrip("/").endswith("/models"):
-            model = {"id": self.config.model, "object": "model", "owned_by": "loopback"}
+            model: dict[str, Any] = {"id": self.config.model, "object": "model", "owned_by": "loopback"}
+            if self.config.max_model_len is not None:
+                model["max_model_len"] = self.config.max_model_len
             data = {"object": "list", "data": [model]}
             await self._send(writer, 200, json.dumps(data).encode())
             return True
@@ -365,6 +372,8 @@ class LoopbackServer:
                              {"Retry-After": f"{after:g}"})
             return True
         prompt = sum(words(str(m.get("content", ""))) for m in body.get("messages", []))
+        if cfg.prompt_tokens is not None:
+            prompt = cfg.prompt_tokens(body)
         payload = json.dumps({
             "id": f"chatcmpl-{self.total}",
             "object": "chat.completion",

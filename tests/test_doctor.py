@@ -68,6 +68,7 @@ def test_doctor_default_config_is_ok() -> None:
     line = lines[0]
     assert line.startswith("OK  embedded (main): ") and ".gguf:" in line and "tok/s" in line, line
     assert "structured output yes" in line and "seed yes" in line and "llama.cpp CPU features: " in line
+    assert "context window 4096 (backend.n_ctx)" in line, line
 
 
 @pytest.mark.slow
@@ -76,7 +77,7 @@ def test_doctor_against_llama_cpp_server(llama_server: LlamaServer) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     (line,) = [ln for ln in done.stdout.splitlines() if ln.strip()]
     assert line.startswith("OK  openai (main): ") and llama_server.url in line and "tok/s" in line, line
-    assert "structured output yes" in line, line
+    assert "structured output yes" in line and "context window " in line, line
 
 
 def test_doctor_unreachable_url_and_expert_backends() -> None:

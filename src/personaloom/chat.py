@@ -75,6 +75,10 @@ class ChatRequest(Record):
     json_schema: dict[str, Any] | None = None
     # stage, record id, ...: for accounting and progress only; not part of the cache key.
     metadata: dict[str, str] = Field(default_factory=dict)
+    # (first index, count): messages[first:first + count] are few-shot examples, (user, assistant) pairs, that may
+    # be dropped from the end to fit a context window (executors/window.py). Not part of the cache key: the
+    # messages are.
+    few_shot: tuple[int, int] | None = None
 
     @property
     def stage(self) -> str:
@@ -110,6 +114,9 @@ class ChatResult(Record):
     latency_s: float = 0.0
     # Set when this request failed after the backend's own retries; texts is then empty.
     error: str | None = None
+    # The failure's reason when the executor knows it ("context_window": never sent, it cannot fit); None:
+    # "llm_error", the server's or the transport's words in `error`.
+    error_reason: str | None = None
     cached: bool = False
     # Transport retries (429, 5xx, timeouts...): 0 means the server took the request at the first try.
     retries: int = 0

@@ -64,6 +64,9 @@ class BackendConfig(Record):
     # client CPU per request of httpx at 64+ in flight (bench/README.md, P-2); httpx is the client's default.
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
     n_ctx: int = 4096
+    # The model's context window in tokens, when the server does not say it (None: the embedded model's n_ctx, or
+    # learned from the server's first context-length refusal). Requests are fitted to it (executors/window.py).
+    context_window: int | None = Field(None, ge=64)
     n_threads: int | None = None
     n_batch: int = 512
 

@@ -39,7 +39,8 @@ from personaloom.records import Turn
 
 DEFECT_KINDS = ("empty", "blank_lines", "unprefixed", "placeholders", "stage_directions", "same_speaker",
                 "nonstandard_labels")
-LABEL_FORMS = ("emphasis", "numbered", "bulleted", "named", "letter", "variant", "names")
+# "inferred": no label at all, turns taken from alternating paragraphs (a reader's `alternating_paragraphs`).
+LABEL_FORMS = ("emphasis", "numbered", "bulleted", "named", "letter", "variant", "names", "inferred")
 
 _EMPH = r"(?:[*_]\s*){1,4}"
 _LABEL = re.compile(
@@ -269,6 +270,22 @@ def parse_dialogue(raw: str) -> ParsedDialogue:
         defects.append("nonstandard_labels")
     out.defects = [k for k in DEFECT_KINDS if k in defects]
     return out
+
+
+def alternating_paragraphs(raw: str) -> ParsedDialogue | None:
+    """A conversation with no speaker label anywhere, written as paragraphs separated by blank lines (a few rows of
+    the released SPC data): the paragraphs as alternating turns from User 1, with the defect "unprefixed" and
+    the label form "inferred". None when the text has a label, or fewer than two paragraphs. For readers of
+    existing data only: a Generator reply without labels is not a conversation."""
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
+    if any(split_label(line) for line in text.split("\n") if line.strip()):
+        return None
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    if len(paragraphs) < 2:
+        return None
+    turns = [Turn(speaker=1 + i % 2, text=p) for i, p in enumerate(paragraphs)]
+    defects = set(turn_defects(turns)) | {"unprefixed", "blank_lines"}
+    return ParsedDialogue(turns=turns, defects=[k for k in DEFECT_KINDS if k in defects], label_forms=["inferred"])
 
 
 def describe_non_dialogue(raw: str) -> str:

@@ -70,7 +70,8 @@ def check_embedded(bcfg: BackendConfig) -> tuple[bool, str]:
         warn = f"; note: CPU-specific build ({', '.join(non_portable(features))}), not portable"
     yes = {True: "yes", False: "no", None: "?"}
     supports = f"structured output {yes[result.structured]}, seed {yes[result.deterministic]}"
-    return True, f"{path.name}:{path.stat().st_size}, {result.tokens_per_s} tok/s, {supports} [{built}]{warn}"
+    return True, (f"{path.name}:{path.stat().st_size}, {result.tokens_per_s} tok/s, {supports}, context window "
+                  f"{bcfg.n_ctx} (backend.n_ctx) [{built}]{warn}")
 
 
 async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
@@ -95,8 +96,15 @@ async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
         if not first.ok:
             return False, f"{first.error} (auth: {backend.auth_form})"
         second = normalize((await backend.agenerate([structured]))[0], structured)
+        stated = await backend.context_window()
     finally:
         await backend.aclose()
+    if bcfg.context_window is not None:
+        window = f"context window {bcfg.context_window} (backend.context_window)"
+    elif stated is not None:
+        window = f"context window {stated[0]} ({stated[1]})"
+    else:
+        window = "context window not stated (learned from the first refusal, or set backend.context_window)"
     json_ok = "yes" if second.ok else f"no ({second.error})"
     tokens = f"{first.usage.completion_tokens / elapsed:.1f} tok/s" if first.usage.reported and elapsed > 0 else (
         "tok/s unknown (no usage reported)")
@@ -104,7 +112,7 @@ async def _server_check(bcfg: BackendConfig) -> tuple[bool, str]:
     seed = "no (refused)" if any(" seed " in a for a in adapted) else "sent"
     notes = f"; adapted: {'; '.join(adapted)}" if adapted else ""
     return True, (f"{bcfg.model} at {backend.base_url} (auth: {backend.auth_form}), {tokens}, structured output "
-                  f"{json_ok} via {backend.structured_mode}, seed {seed}{notes}")
+                  f"{json_ok} via {backend.structured_mode}, seed {seed}, {window}{notes}")
 
 
 def check(bcfg: BackendConfig) -> tuple[bool, str]:

@@ -36,12 +36,14 @@ class StageInputs:
 
 
 # The backend fields that can change a reply (not the key's variable, timeouts, retries, concurrency).
-_IDENTITY = ("kind", "model", "base_url", "structured_output", "extra_body", "n_ctx")
+_IDENTITY = ("kind", "model", "base_url", "structured_output", "extra_body", "n_ctx", "context_window")
 
 
 def backend_identity(cfg: BackendConfig) -> dict[str, Any]:
     """The fields of `cfg` that decide what its model answers; the default GGUF as file name + size."""
     ident = cfg.model_dump(include=set(_IDENTITY), mode="json")
+    if ident.get("context_window") is None:  # unset: run directories made before the setting keep their fingerprints
+        ident.pop("context_window", None)
     if ident.get("base_url"):  # credentials in the URL decide nothing the model answers
         ident["base_url"] = redact_url(ident["base_url"])
     if cfg.kind == "embedded" and cfg.model is None:

@@ -58,3 +58,8 @@ class Backend(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections / model memory."""
+
+    async def context_window(self) -> tuple[int, str] | None:
+        """(the model's context window in tokens, where the server said it), when the server says it; None
+        otherwise (the executor then learns it from a refusal, executors/window.py)."""
+        return None

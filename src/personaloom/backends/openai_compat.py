@@ -380,6 +380,21 @@ class OpenAIBackend(Backend):
             self._loop = loop
         return self._client
 
+    async def context_window(self) -> tuple[int, str] | None:
+        """vLLM's /v1/models `max_model_len` for the model (asked once; None where the server does not say).
+        Azure's classic deployments have no such list: not asked."""
+        if self.__auth.omit_bearer:
+            return None
+        try:
+            page = await asyncio.wait_for(self._ensure_client().models.list(), timeout=min(10.0, self.cfg.timeout_s))
+        except Exception:  # any failure: the window stays unknown, and the run goes on as before
+            return None
+        for model in page.data:
+            size = (model.model_extra or {}).get("max_model_len")
+            if (model.id == self.cfg.model or len(page.data) == 1) and isinstance(size, int) and size > 0:
+                return size, "the server's /v1/models max_model_len"
+        return None
+
     def _transport(self) -> Any:
         """The official client's aiohttp transport (backend.transport), or None for its httpx default (also
         when aiohttp is not installed: the client raises RuntimeError then)."""

@@ -6,7 +6,9 @@ and `role(name)` (an expert's own backend where it has one, else the main one) �
 `run_step`. Two configurations of the same endpoint (kind, server URL, model) — e.g. two experts on one
 server with different timeouts — get two clients but one bound: the lowest `concurrency` configured for
 it. An in-process model takes one request at a time whatever `backend.concurrency` says; a setting
-above that is reported once, not silently overridden.
+above that is reported once, not silently overridden. Each endpoint's context window, when known
+(backend.context_window, the embedded model's n_ctx, or learned from a refusal and kept in the run directory's
+context_windows.json), is what the clients fit requests to (executors/window.py).
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from personaloom.backends.cache import ResponseCache
 from personaloom.chat import LLMClient
 from personaloom.config import BackendConfig, RunConfig
 from personaloom.console import console
+from personaloom.executors import window
 from personaloom.executors.local import LLM, Endpoint
 from personaloom.executors.progress import make_progress
+from personaloom.executors.window import Window
 from personaloom.redact import redact_url
 from personaloom.stats import Stats
 from personaloom.stop import StopSignal
+
+# The context windows learned from servers' refusals, by endpoint (executors/window.py).
+WINDOWS = "context_windows.json"
 
 
 def endpoint_key(cfg: BackendConfig) -> tuple[str, str | None, str | None]:
@@ -79,9 +86,27 @@ class Clients:
                     console.print(f"[yellow]backend.concurrency={bcfg.concurrency} does not apply to {backend!r}: it "
                                   f"takes {backend.max_concurrency} request(s) at a time[/yellow]")
                 endpoint = self._endpoints.setdefault(endpoint_key(bcfg), Endpoint(repr(backend), bcfg.concurrency))
+                self._know_window(endpoint, bcfg)
                 self._clients[key] = LLM(backend, self._cache_obj(), self.stats, progress=self.progress,
                                          endpoint=endpoint, stop=self.stop)
         return self._clients[key]
+
+    def _know_window(self, endpoint: Endpoint, bcfg: BackendConfig) -> None:
+        """The endpoint's context window: the setting, else the embedded model's n_ctx, else what an earlier
+        invocation on this run directory learned (context_windows.json); learned ones are written there."""
+        if endpoint.window is None:
+            if bcfg.context_window is not None:
+                endpoint.window = Window(bcfg.context_window, "backend.context_window")
+            elif bcfg.kind == "embedded":
+                endpoint.window = Window(bcfg.n_ctx, "backend.n_ctx")
+            else:
+                endpoint.window = window.load(self.out / WINDOWS).get(endpoint.name)
+
+        def remember(name: str, learned: Window) -> None:
+            known = window.load(self.out / WINDOWS)
+            window.save(self.out / WINDOWS, {**known, name: learned})
+
+        endpoint.on_window = remember
 
     @property
     def main(self) -> LLMClient:

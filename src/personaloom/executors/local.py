@@ -23,21 +23,25 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from personaloom.aio import gather_all
 from personaloom.backends.base import MAX_RETRY_AFTER_S, STOP_POLL_S, Backend
 from personaloom.backends.cache import ResponseCache
 from personaloom.chat import ChatRequest, ChatResult
+from personaloom.console import console
 from personaloom.errors import BackendError
 from personaloom.executors.progress import ProgressSink, _StageProgress, _TokenRate, make_progress  # noqa: F401
+from personaloom.executors.window import Window, cut, fit, needed, refusal, too_long
 from personaloom.replies import normalize
 from personaloom.stats import Stats
 from personaloom.stop import RunStopped, StopSignal
 
 # What a request that was not sent after a stop request comes back as (never accounted or cached).
 _SKIPPED = ChatResult(error="not sent: the run is stopping")
+# Not sent: while it waited for a slot, the endpoint's context window became known and it does not fit.
+_REFIT = ChatResult(error="not sent: to be fitted to the context window")
 # Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
 # be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
 DEAD_AFTER = 24
@@ -71,6 +75,48 @@ class Endpoint:
         # Wakes the waiters when a Retry-After window ends (or the user asks to stop during one).
         self._timer: asyncio.TimerHandle | None = None
         self.stop: StopSignal | None = None
+        # Its model's context window, when known (executors/window.py); `on_window` is told each one learned.
+        self.window: Window | None = None
+        self.on_window: Callable[[str, Window], None] | None = None
+        self._said_fitted = False
+        self._asked: asyncio.Task[None] | None = None
+
+    async def ask_window(self, backend: Backend) -> None:
+        """Ask the server for its context window once (every request waits for that one answer)."""
+        if self.window is not None:
+            return
+        task = self._asked
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._asked = asyncio.ensure_future(self._ask(backend))
+        if not task.done():
+            await asyncio.shield(task)
+
+    async def _ask(self, backend: Backend) -> None:
+        ask = getattr(backend, "context_window", None)  # a scripted test backend may not have it
+        found = await ask() if ask is not None else None
+        if found is not None and self.window is None:
+            self.window = Window(found[0], found[1])
+
+    def learn(self, window: Window) -> None:
+        """A refusal named the window: fit every later request to it (said once per window on stderr)."""
+        if self.window is not None and self.window.tokens == window.tokens:
+            window = Window(window.tokens, self.window.source, min(window.chars_per_token,
+                                                                   self.window.chars_per_token))
+        else:
+            console.print(f"[yellow]{self.name}: the model's context window is {window.tokens} tokens "
+                          f"({window.source}): later requests are fitted to it (fewer few-shot examples where "
+                          "needed)[/yellow]")
+        self.window = window
+        if self.on_window is not None:
+            self.on_window(self.name, window)
+
+    def fitted(self, dropped: int) -> None:
+        """A request was fitted to the window by dropping `dropped` few-shot examples (said once)."""
+        if not self._said_fitted and self.window is not None:
+            self._said_fitted = True
+            console.print(f"[yellow]{self.name}: prompts are fitted to its {self.window.tokens}-token context window "
+                          f"({self.window.source}): {dropped} few-shot example(s) fewer in the Generator's requests "
+                          "(stats.json: refitted, examples_dropped)[/yellow]")
 
     def join(self, limit: int) -> None:
         """Another client of this endpoint, configured for at most `limit` requests at once."""
@@ -204,6 +250,9 @@ class LLM:
         async with self.endpoint.slot(self._loop):
             if self.stop is not None and self.stop.requested:
                 return _SKIPPED  # not sent: the user asked the run to stop
+            window = self.endpoint.window
+            if window is not None and needed(request, window.chars_per_token) > window.tokens:
+                return _REFIT
             self.in_flight += 1
             start = time.perf_counter()
             try:
@@ -225,6 +274,10 @@ class LLM:
             if results[0].error is not None and self.stop is not None and self.stop.requested:
                 return _SKIPPED  # e.g. a retry given up for the stop: a re-run sends it again
             result = normalize(results[0], request)
+            said = cut(result, request, window)
+            if said is not None:  # never cached: a re-run, or the refit below, sends it again
+                result = ChatResult(error=said, error_reason="prompt_cut", usage=result.usage,
+                                    latency_s=result.latency_s)
             # Committed before the slot is free: requests sent and not yet cached never exceed the bound, so
             # a killed run pays again for at most `concurrency` calls.
             if self.cache is not None:
@@ -246,7 +299,45 @@ class LLM:
                 f"the last said: {result.error}"
             )
 
+    def _fit(self, request: ChatRequest) -> ChatRequest | ChatResult:
+        """`request` fitted to the endpoint's window (executors/window.py), or the failure of one that cannot
+        fit: never sent, reason "context_window"."""
+        window = self.endpoint.window
+        if window is None:
+            return request
+        fitted, dropped = fit(request, window)
+        if fitted is None:
+            failed = ChatResult(error=too_long(request, window, self.endpoint.name), error_reason="context_window")
+            self.stats.add(request.stage, "context_window")
+            self._progress.finished(request.stage, failed, self.endpoint)
+            return failed
+        if dropped:
+            self.stats.add(request.stage, "refitted")
+            self.stats.add(request.stage, "examples_dropped", dropped)
+            self.endpoint.fitted(dropped)
+        return fitted
+
     async def _one(self, request: ChatRequest) -> ChatResult:
+        """One request, fitted to the endpoint's context window; refused for its length by the server, the window
+        it names is learned and the request is fitted to it and sent again, once."""
+        await self.endpoint.ask_window(self.backend)
+        learn = True
+        while True:
+            sent = self._fit(request)
+            if isinstance(sent, ChatResult):
+                return sent
+            result, learned = await self._send(sent, learn)
+            if result is _REFIT:
+                continue  # the window became known while it waited for a slot
+            if learned is None:
+                return result
+            self.stats.add(request.stage, "context_refused")
+            self.endpoint.learn(learned)
+            learn = False
+
+    async def _send(self, request: ChatRequest, learn: bool) -> tuple[ChatResult, Window | None]:
+        """The result of `request` (cache, the same request in flight, or the backend), accounted; with `learn`,
+        a refusal naming a context window is returned unaccounted with that window."""
         key = self._key(request)
         hit = self.cache.get(key, self._loop) if self.cache is not None else None
         if hit is not None:
@@ -260,7 +351,7 @@ class LLM:
             hit = shared.model_copy(update={"cached": True, "retries": 0}) if shared.ok else None
         if hit is not None:
             self._account(request, hit)
-            return hit
+            return hit, None
         assert self._loop is not None  # set by complete(), the only caller
         future: asyncio.Future[ChatResult] = self._loop.create_future()
         self._pending[key] = future
@@ -279,9 +370,12 @@ class LLM:
                 del self._pending[key]
         if not future.done():
             future.set_result(result)
-        if result is not _SKIPPED:
+        if result is _SKIPPED or result is _REFIT:
+            return result, None
+        window = refusal(result.error, request) if learn and result.error is not None else None
+        if window is None:
             self._account(request, result)
-        return result
+        return result, window
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """One result per request, in order; failures are results with `error` set.

@@ -48,7 +48,7 @@ async def run_step(
         if result.ok:
             outputs.append(step.parse(item, result))
         else:
-            outputs.append(step.failure(item, "llm_error", result.error or "no text"))
+            outputs.append(step.failure(item, result.error_reason or "llm_error", result.error or "no text"))
     return StepRun(items, outputs, results)
 
 

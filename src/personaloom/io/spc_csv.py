@@ -3,8 +3,10 @@
 In (reader): a CSV with the columns `user 1 personas`, `user 2 personas`, `Best Generated Conversation`
 (matched case-insensitively; other columns, e.g. an index, are ignored). Personas are one attribute
 per line. The conversation cell is parsed with dialogue.parse_dialogue (speaker prefixes parsed, never
-cut by character count); the cell is kept as `raw` and its format defects as `defects`, so nothing is
-silently dropped. Out: Conversations with ids `spc-00000`, ... in row order.
+cut by character count); a cell with no speaker label at all but paragraphs separated by blank lines is read as
+alternating turns from User 1 (dialogue.alternating_paragraphs: defect "unprefixed", label form "inferred"). The
+cell is kept as `raw` and its format defects as `defects`, so nothing is silently dropped. Out: Conversations
+with ids `spc-00000`, ... in row order.
 
 Out (writer): an SPC-compatible CSV with those three columns, and a fourth, `scenario`, when `scenario` is
 set (conversations generated for scenarios: generate.scenarios); the reader reads that column back. The
@@ -19,7 +21,7 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
-from personaloom.dialogue import parse_dialogue, render_dialogue
+from personaloom.dialogue import alternating_paragraphs, parse_dialogue, render_dialogue
 from personaloom.errors import InputError
 from personaloom.fsutil import atomic_open
 from personaloom.io.textfile import read_text
@@ -54,6 +56,8 @@ def spc_conversation(user1: str, user2: str, raw: str, index: int, source: str =
     """One SPC row's cells (personas one per line, the conversation text, the optional scenario) -> the
     `index`-th Conversation."""
     parsed = parse_dialogue(raw)
+    if not parsed.turns:
+        parsed = alternating_paragraphs(raw) or parsed
     return Conversation(
         id=f"{source}-{index:05d}",
         user1_persona=_personas(user1),

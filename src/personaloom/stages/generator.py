@@ -170,6 +170,8 @@ def build_requests(
     """cfg.candidates requests for one pair; they share the prompt and differ in their seed."""
     shots = draw_examples(pair, examples, cfg.few_shot, seed, iteration)
     messages = build_messages(pair, shots, cfg, language, session)
+    # "turns" style: system, then a (user, assistant) pair per example, then the target pair's message.
+    span = (1, len(messages) - 2) if len(messages) > 2 and messages[0].role == "system" else None
     requests: list[ChatRequest] = []
     for i in range(cfg.candidates):
         params = sampling.params(
@@ -182,6 +184,7 @@ def build_requests(
                 messages=messages,
                 params=params,
                 metadata={"stage": STAGE, "id": candidate_id(pair, iteration, i, session)},
+                few_shot=span,
             )
         )
     return requests
