@@ -233,6 +233,9 @@ def test_a_keyboard_interrupt_while_a_loop_runs_stops_gracefully(tmp_path: Path)
             _server_run(out, server.url)
 
         loop = asyncio.new_event_loop()
+        # Python's own SIGINT handler, as a kernel has it: a process started in the background by a shell
+        # (`make test &`) inherits SIGINT ignored, and Python then installs none.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             # To the main thread itself, as a terminal's Ctrl-C reaches a kernel: a process-directed signal may be
             # taken by another thread, and the main thread then hears it only when its wait next wakes.
@@ -243,6 +246,7 @@ def test_a_keyboard_interrupt_while_a_loop_runs_stops_gracefully(tmp_path: Path)
                 loop.run_until_complete(cell())
         finally:
             loop.close()
+            signal.signal(signal.SIGINT, previous)
         assert info.value.run.stats.partial
         _check_resumed(out, server.url, server)
 

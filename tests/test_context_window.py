@@ -91,6 +91,7 @@ def test_the_window_is_learned_from_the_first_refusal(tmp_path: Path, words: Any
     generate = json.loads((out / "stats.json").read_text())["stages"]["generate"]
     assert generate["context_refused"] == 1 and generate["refitted"] >= len(generator) - 1
     assert generate["examples_dropped"] >= len(generator) - 1 and generate["errors"] == 0
+    assert "<h3>Context window</h3>" in (out / "report.html").read_text()
     learned = json.loads((out / "context_windows.json").read_text())
     assert [w["tokens"] for w in learned.values()] == [WINDOW]
 

@@ -492,6 +492,13 @@ def run_section(run: RunInfo | None) -> str:
             if isinstance(s, dict)
         ]
         parts.append("<h3>Stages</h3>" + table(["stage", "wall s", "LLM calls", "cache hits"], rows))
+        # Requests fitted to the model's context window (executors/window.py), where any were.
+        fit_keys = ("refitted", "examples_dropped", "context_refused", "context_window")
+        fitted = [(name, s) for name, s in stages.items() if isinstance(s, dict) and any(s.get(k) for k in fit_keys)]
+        if fitted:
+            parts.append("<h3>Context window</h3>" + table(
+                ["stage", "requests refitted", "few-shot examples dropped", "refused for length", "could not fit"],
+                [[esc(name), *(num(s.get(k, 0)) for k in fit_keys)] for name, s in fitted]))
     failures = stats.get("failures")
     if isinstance(failures, dict) and failures:
         parts.append("<h3>Failures</h3>" + table(["reason", "count"], [[esc(k), num(v)] for k, v in failures.items()]))
