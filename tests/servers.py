@@ -157,6 +157,9 @@ class LoopbackConfig:
     # The usage block's prompt tokens of a body (None: its words), e.g. capped at a window, as a server that
     # truncates long prompts silently (Ollama) reports them.
     prompt_tokens: Callable[[dict[str, Any]], int] | None = None
+    # Other routes the server answers, "METHOD /path" -> handler(server, JSON body or {}) returning (status,
+    # JSON payload): llama.cpp's /props and /tokenize, Ollama's /api/ps and /api/show, ... (counted in "routed").
+    routes: dict[str, Callable[[LoopbackServer, dict[str, Any]], tuple[int, Any]]] = field(default_factory=dict)
 
 
 class LoopbackServer:
@@ -174,6 +177,7 @@ class LoopbackServer:
         self.max_in_flight = 0
         self.auth_headers: list[str] = []
         self.bodies: list[dict[str, Any]] = []
+        self.routed: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -193,6 +197,7 @@ class LoopbackServer:
                 "repeated": sum(n - 1 for n in self.by_hash.values()),
                 "faults": dict(self.faults),
                 "max_in_flight": self.max_in_flight,
+                "routed": dict(self.routed),
             }
 
     def reset(self) -> None:
@@ -203,6 +208,7 @@ class LoopbackServer:
             self.max_in_flight = 0
             self.auth_headers.clear()
             self.bodies.clear()
+            self.routed.clear()
 
     def _admit(self, body: dict[str, Any], raw: bytes, auth: str | None) -> tuple[str, int, random.Random]:
         digest = hashlib.sha256(raw).hexdigest()
@@ -289,6 +295,17 @@ class LoopbackServer:
                 model["max_model_len"] = self.config.max_model_len
             data = {"object": "list", "data": [model]}
             await self._send(writer, 200, json.dumps(data).encode())
+            return True
+        handler = self.config.routes.get(f"{method} {path}")
+        if handler is not None:
+            try:
+                asked = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                asked = {}
+            with self._lock:
+                self.routed[f"{method} {path}"] += 1
+            status, answer = handler(self, asked if isinstance(asked, dict) else {})
+            await self._send(writer, status, json.dumps(answer).encode())
             return True
         if method == "GET" and path == "/_stats":
             await self._send(writer, 200, json.dumps(self.stats()).encode())

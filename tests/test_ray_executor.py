@@ -208,11 +208,14 @@ def test_embedded_same_seeds_same_texts_as_local(ray_local: Any) -> None:
 def test_openai_backend_through_ray(ray_local: Any) -> None:
     from personaloom.executors.ray import RayLLM
 
-    with LoopbackServer(latency_s=0.05) as server:
+    with LoopbackServer(latency_s=0.05, max_model_len=4096) as server:
         cfg = BackendConfig(kind="openai", model="loopback-model", base_url=server.url, concurrency=8,
                             timeout_s=10.0, max_retries=1, api_key_env="PL_RAY_TEST_NO_KEY")
         requests = reqs(16)
-        got = RayLLM(cfg, progress=False).run(requests)
+        client = RayLLM(cfg, progress=False)
+        got = client.run(requests)
+        # The window the server states reaches the driver, which fits every request to it.
+        assert client.endpoint.window is not None and client.endpoint.window.tokens == 4096
         want = local_results(cfg, requests)
         assert all(g.ok for g in got), [g.error for g in got]
         assert [g.texts for g in got] == [w.texts for w in want]

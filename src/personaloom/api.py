@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -29,6 +29,9 @@ from personaloom.errors import ConfigError, InputError
 from personaloom.records import Conversation
 from personaloom.runs import Run
 from personaloom.stop import RunStopped, StopSignal
+
+if TYPE_CHECKING:
+    from personaloom.release import Screening
 
 ConfigLike = RunConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
@@ -248,11 +251,14 @@ class Evaluation:
 
 def evaluate(data: str | os.PathLike[str] | Run, reference: str | os.PathLike[str] | Run | None = None, *,
              out: str | os.PathLike[str] | None = None, judge: str = "embedded", model: str | None = None,
-             base_url: str | None = None, limit: int | None = 20, seed: int = 0, calibrate: bool = False) -> Evaluation:
+             base_url: str | None = None, limit: int | None = 20, seed: int = 0, calibrate: bool = False,
+             decontaminate: Sequence[str | os.PathLike[str]] = ()) -> Evaluation:
     """Evaluate a run directory or dataset file against human-written `reference` data (DESIGN.md §1 step 8):
-    format defects, distinct-n, tf-idf hits@1 and, with a judge (`embedded`, `openai`, `fake`; `none` for
-    none), the Turing, faithfulness and toxicity tests on `limit` conversations. metrics.json and report.html
-    go to `out` (default: the run directory, or ./eval). InputError for a missing file."""
+    format defects, distinct-n, tf-idf hits@1, near-duplicates (personaloom.dedup) and, with a judge (`embedded`,
+    `openai`, `fake`; `none` for none), the Turing, faithfulness and toxicity tests on `limit` conversations.
+    `decontaminate`: benchmark files whose utterances the data must not reproduce (reported, never dropped:
+    metrics["contamination"], contamination.jsonl). metrics.json and report.html go to `out` (default: the run
+    directory, or ./eval). InputError for a missing file."""
     from personaloom.evaluate.command import aevaluate
     from personaloom.runner import run_sync
 
@@ -262,8 +268,9 @@ def evaluate(data: str | os.PathLike[str] | Run, reference: str | os.PathLike[st
     data_path = path(data)
     assert data_path is not None
     where = None if out is None else Path(out)
+    benchmarks = [os.fspath(p) for p in decontaminate]
     metrics, out_dir = run_sync(lambda: aevaluate(data_path, path(reference), where, judge, model, base_url, limit,
-                                                  seed, calibrate))
+                                                  seed, calibrate, benchmarks))
     return Evaluation(metrics, out_dir)
 
 
@@ -308,10 +315,35 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str
     return do_convert(Path(src), Path(dst), to=to, fmt=format, candidates=candidates, seed=seed)
 
 
+def dedup(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, threshold: float = 0.7,
+          shingle: int = 5, decontaminate: Sequence[str | os.PathLike[str]] = (), ngram: int = 13,
+          format: str | None = None, to: str | None = None) -> Screening:
+    """Duplicates and (with `decontaminate`: reference files) contaminated conversations of `src`, any file the
+    readers accept (`format` to override detection): a `personaloom.release.Screening` (`.duplicates`,
+    `.contaminated`, `.summary`, `.kept`). With `out`, the kept conversations are written there (format `to`, or
+    from its extension, as `write`), and the lists beside it (<out>.duplicates.jsonl, <out>.contaminated.jsonl).
+    `threshold`: estimated Jaccard similarity of word-`shingle` sets at or above which two conversations are near
+    duplicates (personaloom.dedup); `ngram`: the words a copied run must have (personaloom.decontaminate).
+    InputError for an unreadable file, ConfigError for a setting out of range."""
+    from personaloom.io.convert import write_conversations
+    from personaloom.io.readers import read_conversations
+    from personaloom.release import screen
+
+    settings = resolve_config({"dedup": {"threshold": threshold, "shingle": shingle}, "decontaminate": {
+        "paths": [os.fspath(p) for p in decontaminate], "ngram": ngram}})
+    found = screen(read_conversations(Path(src), format), settings.dedup, settings.decontaminate)
+    if out is not None:
+        target = Path(out)
+        write_conversations(list(found.kept), target, to=to, title=f"{Path(src).stem} (deduplicated)",
+                            sources=[os.fspath(src)])
+        found.write(target.parent, prefix=f"{target.stem}.")
+    return found
+
+
 def load(out: str | os.PathLike[str]) -> Run:
     """An existing run directory as a `Run`; InputError when it holds no run."""
     return Run.load(os.fspath(out))
 
 
-__all__ = ["Evaluation", "arun", "calibrate", "configure", "convert", "evaluate", "expand", "generate", "load",
-           "pair", "profiles", "read", "run", "write"]
+__all__ = ["Evaluation", "arun", "calibrate", "configure", "convert", "dedup", "evaluate", "expand", "generate",
+           "load", "pair", "profiles", "read", "run", "write"]

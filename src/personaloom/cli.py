@@ -69,6 +69,11 @@ SessionsOpt = Annotated[
     int | None, typer.Option("--sessions", help="Sessions per pair, with memory between them (default 1).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")]
+DecontaminateOpt = Annotated[
+    list[str] | None,
+    typer.Option("--decontaminate", help="A benchmark file (any readable format; repeatable): conversations sharing a "
+                 "13-word run with one of its utterances are contaminated."),
+]
 PromptsOpt = Annotated[
     str | None,
     typer.Option("--prompts", help="Folder of templates replacing the shipped ones of the same name (prompts list)."),
@@ -143,8 +148,10 @@ def run(
     no_cache: NoCacheOpt = False,
     prompts: PromptsOpt = None,
     seed: SeedOpt = None,
+    decontaminate: DecontaminateOpt = None,
 ) -> None:
-    """Seed -> expand -> profiles -> pair -> K rounds of generate + critique -> dataset."""
+    """Seed -> expand -> profiles -> pair -> K rounds of generate + critique -> dataset (less its duplicates and,
+    with --decontaminate, its contaminated conversations)."""
     from personaloom import api
 
     cfg = _flags(
@@ -160,6 +167,7 @@ def run(
             "seed_format": seed_format,
             "prices.prompt": price_in,
             "prices.completion": price_out,
+            "decontaminate.paths": decontaminate or None,
             **_feature_flags(big_five, language, sessions),
         },
     )
@@ -301,14 +309,16 @@ def evaluate(
     ] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     calibrate: CalibrateOpt = False,
+    decontaminate: DecontaminateOpt = None,
 ) -> None:
-    """Evaluate a dataset against human data: defects, diversity, hits@1, Turing and faithfulness tests."""
+    """Evaluate a dataset against human data: defects, diversity, hits@1, duplicates, contamination (with
+    --decontaminate), Turing and faithfulness tests."""
     from personaloom.api import evaluate as run_evaluation
     from personaloom.evaluate.command import print_metrics
 
     started = time.perf_counter()
     result = run_evaluation(data, reference, out=out, judge=judge, model=model, base_url=base_url, limit=limit,
-                            seed=seed, calibrate=calibrate)
+                            seed=seed, calibrate=calibrate, decontaminate=decontaminate or ())
     print_metrics(result.metrics)
     typer.echo(f"wrote {result.metrics_path} and {result.report_path} in {time.perf_counter() - started:.1f} s",
                err=True)
@@ -365,6 +375,36 @@ def convert(
 
     report = api.convert(src, dst, to=to, format=fmt, candidates=candidates, seed=seed)
     typer.echo(report)
+
+
+@app.command()
+def dedup(
+    src: Annotated[str, typer.Argument(help="Conversations: any file the readers accept, or a datasets directory.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the kept conversations here (format from the extension or "
+                                  "--to) and <name>.duplicates.jsonl beside it.")
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Estimated Jaccard similarity of word 5-grams that makes a near "
+                            "duplicate.")
+    ] = 0.7,
+    decontaminate: DecontaminateOpt = None,
+    ngram: Annotated[int, typer.Option("--ngram", help="Words a copied run must have (--decontaminate).")] = 13,
+    fmt: Annotated[str | None, typer.Option("--format", help="Input format override (as convert).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Output format: jsonl, spc-csv, parlai or hf.")] = None,
+) -> None:
+    """Find (and with --out remove) exact and near-duplicate conversations, and with --decontaminate the ones
+    that copy a benchmark's utterances."""
+    from personaloom import api
+
+    found = api.dedup(src, out, threshold=threshold, decontaminate=decontaminate or (), ngram=ngram, format=fmt,
+                      to=to)
+    typer.echo(f"{src}: {found.describe()}; {len(found.kept)} kept" + (f", written to {out}" if out else ""))
+    if out is None:
+        for d in found.duplicates[:20]:
+            typer.echo(f"  {d.id} duplicates {d.kept_id} ({d.kind}, similarity {d.similarity})")
+        for c in found.contaminated[:20]:
+            typer.echo(f"  {c.id} shares {c.ngram!r} with {c.source}")
 
 
 @app.command()

@@ -301,6 +301,25 @@ class PromptsConfig(Record):
     dir: str | None = None
 
 
+class DedupConfig(Record):
+    """Duplicate conversations removed before a run's dataset is written (personaloom.dedup): exact ones, and
+    near ones whose word-`shingle` sets have an estimated Jaccard similarity of at least `threshold` with a kept
+    conversation; listed in duplicates.jsonl."""
+
+    enabled: bool = True
+    threshold: float = Field(0.7, gt=0, le=1)
+    shingle: int = Field(5, ge=1, le=32)
+
+
+class DecontaminateConfig(Record):
+    """--decontaminate PATH ...: conversations sharing a word `ngram`-gram (after normalisation) with an utterance
+    of these files (any readable conversation file: Persona-Chat test, SPC test) are dropped before a run's
+    dataset is written, listed in contaminated.jsonl (personaloom.decontaminate)."""
+
+    paths: list[str] = Field(default_factory=list)
+    ngram: int = Field(13, ge=3, le=64)
+
+
 class PricesConfig(Record):
     """What the LLM costs, in currency units per million tokens (--price-in / --price-out): the dry run's
     expected cost and stats.json's `cost` (per invocation and in `total`). None: not priced."""
@@ -341,6 +360,8 @@ class RunConfig(Record):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     prices: PricesConfig = Field(default_factory=PricesConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
     def sampling_for(self, role: Role) -> Sampling:
         """The sampling of one role, resolved here and nowhere else. Precedence, highest first:

@@ -448,7 +448,7 @@ async def _execute(config: RunConfig, until: str, only: str | None, calibrate: b
                 write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
             await pipe.write_report()
             console.print(
-                f"[bold]wrote {len(conversations)} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
+                f"[bold]wrote {pipe.stats.conversations} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
                 f"(also spc.csv, dataset/, README.md, stats.json, report.html)"
             )
     except BaseException as exc:

@@ -82,8 +82,18 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def write_dataset(out: Path, conversations: Iterable[Conversation], config: RunConfig, stats: Stats,
                   seed_name: str) -> None:
-    """conversations.jsonl, spc.csv, dataset/ and the dataset card README.md. `conversations` is read
-    once per file (a run's are streamed from its rounds' selected.jsonl: see KeptConversations)."""
+    """conversations.jsonl, spc.csv, dataset/ and the dataset card README.md, without the duplicates and
+    contaminated conversations (personaloom.release: duplicates.jsonl, contaminated.jsonl, stats.json's "dedup"
+    and "decontamination"). `conversations` is read once per file (a run's are streamed from its rounds'
+    selected.jsonl: see KeptConversations)."""
+    from personaloom.release import CONTAMINATED, DUPLICATES, screen
+
+    found = screen(conversations, config.dedup, config.decontaminate)
+    found.write(out)
+    stats.extra.update(found.summary)
+    if found.duplicates or found.contaminated:
+        console.print(f"{found.describe()}: listed in {DUPLICATES} and {CONTAMINATED}")
+    conversations = found.kept
     stats.conversations = write_jsonl(out / "conversations.jsonl", conversations)
     write_spc_csv(out / "spc.csv", conversations, scenario=config.generate.scenarios is not None)
     write_hf_dataset(out / "dataset", conversations)

@@ -36,6 +36,9 @@ class Backend(abc.ABC):
 
     kind: ClassVar[str]
     max_concurrency: int = 1
+    # Whether the model behind it may cut an over-long prompt silently (Ollama does, behind the OpenAI API):
+    # the executor then reads a reply's usage for a cut even before it knows the window (executors/window.py).
+    may_cut_prompts: bool = False
     # Set by the executor: called with the server's Retry-After (or None) when a request meets a 429, a 503
     # or a timeout, so that the endpoint's bound comes down (see executors.local.Endpoint).
     on_overload: Callable[[float | None], None] | None = None
@@ -62,4 +65,9 @@ class Backend(abc.ABC):
     async def context_window(self) -> tuple[int, str] | None:
         """(the model's context window in tokens, where the server said it), when the server says it; None
         otherwise (the executor then learns it from a refusal, executors/window.py)."""
+        return None
+
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """The prompt tokens of `request` as the model's own tokenizer counts them, where it can be asked
+        cheaply; None otherwise (the executor then estimates from characters, executors/window.py)."""
         return None

@@ -151,6 +151,16 @@ _LINES_IN = {
         ),
     ),
 }
+# What a speaker says of themself at the end of a line: in English, in each language of _LINES_IN.
+_ASIDES = tuple(f"{subject} {thing}." for subject in _SUBJECTS for thing in _OBJECTS)
+_ASIDES_IN = {
+    "Russian": (
+        "Я люблю крепкий чай.", "Мой брат играет в шахматы.", "Я выращиваю кактусы.", "Я читаю старые карты.",
+        "Моя сестра печёт хлеб.", "Я собираю марки.", "Я чиню велосипеды.", "Мой отец строит лодки.",
+        "Я рисую акварелью.", "Я пою в хоре.", "Я бегаю по утрам.", "Я учу испанский.", "Мы держим пчёл.",
+        "Я фотографирую птиц.", "Я вяжу шарфы.", "Я играю на гитаре.",
+    ),
+}
 # --big-five: the scripted model shows a speaker's level by a mark on their first utterance (the cue phrase
 # of prompts/big_five.j2 it was given -> the mark), and its traits judge reads the marks back: a
 # consistent model, so that the traits expert's filter can stay on in pipeline tests.
@@ -285,9 +295,10 @@ def demo_responder(request: ChatRequest) -> str:
     again = "talked before" in request.messages[0].content
     pair_message = request.messages[-1].content
     pool = _LINES_AGAIN if again else _LINES
+    asides = _ASIDES
     for language, pools in _LINES_IN.items():
         if f"Write their conversation in {language}." in pair_message:
-            pool = pools[1] if again else pools[0]
+            pool, asides = pools[1] if again else pools[0], _ASIDES_IN[language]
     # 8 to 10 lines (so about two in three are too short for "at least 10"); asked for more than 10, the whole
     # pool (a longer conversation, for recipes such as examples/french_tutoring.yaml).
     asked = re.search(r"Write at least (\d+)", request.messages[0].content)
@@ -299,6 +310,11 @@ def demo_responder(request: ChatRequest) -> str:
     scenario = _quoted_after(pair_message, _SCENARIO_LINE)
     if scenario:  # a model that follows its scenario opens with it
         lines[0] = f"I wanted to ask you about this: {scenario}"
+    # Conversations of different pairs differ, as a model's would (personaloom.dedup finds none of them
+    # near-duplicates): each line also says something of its speaker ("I grow desert cacti."), in the language
+    # of the lines. Its own generator, so that the choices above stay what they were.
+    vary = random.Random(int.from_bytes(digest.digest(), "big") ^ 0x5EED)
+    lines = [f"{line} {vary.choice(asides)}" for line in lines]
     for i in (0, 1):
         lines[i] = f"{lines[i]} {_marks(pair_message, 1 + i)}".rstrip()
     return "\n".join(f"User {1 + i % 2}: {text}" for i, text in enumerate(lines))

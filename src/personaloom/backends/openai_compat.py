@@ -45,6 +45,7 @@ from typing import Any, Literal
 import openai
 
 from personaloom.aio import gather_all
+from personaloom.backends import serverinfo
 from personaloom.backends.auth import resolve_auth
 from personaloom.backends.base import MAX_RETRY_AFTER_S, STOP_POLL_S, Backend
 from personaloom.chat import ChatRequest, ChatResult, Message, Usage
@@ -320,6 +321,7 @@ def _retry_after(headers: Any) -> float | None:
 
 class OpenAIBackend(Backend):
     kind = "openai"
+    may_cut_prompts = True
 
     def __init__(self, cfg: BackendConfig) -> None:
         if not cfg.model:
@@ -337,6 +339,7 @@ class OpenAIBackend(Backend):
         self.adaptations: list[str] = []
         self._mode: Mode = "prompt" if cfg.structured_output == "prompt" else "json_schema"
         self._client: openai.AsyncOpenAI | None = None
+        self._tokenizer = serverinfo.Tokenizer(str(cfg.model), serverinfo.root_of(self.__auth.url))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jitter = random.Random()
         self._loading_since: float | None = None  # when the server first said it was loading its model
@@ -381,19 +384,19 @@ class OpenAIBackend(Backend):
         return self._client
 
     async def context_window(self) -> tuple[int, str] | None:
-        """vLLM's /v1/models `max_model_len` for the model (asked once; None where the server does not say).
-        Azure's classic deployments have no such list: not asked."""
+        """The model's context window where the server says it (backends/serverinfo.py: a num_ctx in
+        extra_body, vLLM's /v1/models, llama.cpp's /props, Ollama's /api/ps and /api/show); None where it does
+        not. Azure's classic deployments have none of these: not asked."""
         if self.__auth.omit_bearer:
             return None
-        try:
-            page = await asyncio.wait_for(self._ensure_client().models.list(), timeout=min(10.0, self.cfg.timeout_s))
-        except Exception:  # any failure: the window stays unknown, and the run goes on as before
+        return await serverinfo.window(self._ensure_client(), str(self.cfg.model), serverinfo.root_of(self.__auth.url),
+                                       self.cfg.extra_body)
+
+    async def count_tokens(self, request: ChatRequest) -> int | None:
+        """The server's own count of `request`'s prompt tokens (its /tokenize: backends/serverinfo.py), or None."""
+        if self.__auth.omit_bearer:
             return None
-        for model in page.data:
-            size = (model.model_extra or {}).get("max_model_len")
-            if (model.id == self.cfg.model or len(page.data) == 1) and isinstance(size, int) and size > 0:
-                return size, "the server's /v1/models max_model_len"
-        return None
+        return await self._tokenizer.count(self._ensure_client(), request)
 
     def _transport(self) -> Any:
         """The official client's aiohttp transport (backend.transport), or None for its httpx default (also

@@ -28,6 +28,7 @@ async def aevaluate(
     limit: int | None,
     seed: int,
     calibrate: bool = False,
+    decontaminate: list[str] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """(metrics, the folder metrics.json and report.html went to); LLM tests through a cached judge client.
     With `calibrate`, the judge is first measured on labelled probes (calibration.json beside metrics.json)."""
@@ -58,7 +59,8 @@ async def aevaluate(
     embedder = Embedder(config.embed.model, cache_path=out_dir / "embeddings.sqlite")
     try:
         client = None if judge == "none" else clients.main
-        metrics = await evaluate(data_path, reference, out_dir, client, limit=limit, seed=seed, embedder=embedder)
+        metrics = await evaluate(data_path, reference, out_dir, client, limit=limit, seed=seed, embedder=embedder,
+                                 decontaminate=decontaminate or [])
     finally:
         await clients.aclose()
     return metrics, out_dir
@@ -86,6 +88,15 @@ def print_metrics(m: dict[str, Any]) -> None:
         t.add_row(f"hits@1 {key.replace('_', ' ')}", fmt((m.get("ir_hits_at_1") or {}).get(key)),
                   fmt((ref.get("ir_hits_at_1") or {}).get(key)))
     console.print(t)
+    if m.get("duplicates"):
+        d = m["duplicates"]
+        console.print(f"duplicates: {d['exact']} exact, {d['near']} near (similarity >= {d['threshold']}) of "
+                      f"{d['checked']}")
+    if m.get("contamination"):
+        c = m["contamination"]
+        console.print(f"contamination: {c['contaminated']} of {c['checked']} share a {c['ngram']}-gram with an "
+                      f"utterance of {', '.join(c['sources'])} (contamination.jsonl); persona sentences also in "
+                      f"them: {c['persona_overlap']['sentences']} of {c['persona_overlap']['of']}")
     for name in ("turing", "faithfulness", "toxicity"):
         if m.get(name):
             console.print(f"{name}: {json.dumps(m[name], default=str)[:300]}")

@@ -456,6 +456,27 @@ def calibration_section(calibration: dict[str, Any]) -> str:
                     rows) + figure(fig, "judge accuracy against chance"))
 
 
+def release_section(dedup: Any, contamination: Any, where: str) -> str:
+    """Duplicates (personaloom.dedup) and contamination (personaloom.decontaminate) found `where`; "" when
+    neither was measured."""
+    rows = []
+    if isinstance(dedup, dict):
+        rows += [["exact duplicates", num(dedup.get("exact"))],
+                 [f"near duplicates (estimated Jaccard of word {esc(dedup.get('shingle', 5))}-grams >= "
+                  f"{esc(dedup.get('threshold'))})", num(dedup.get("near"))],
+                 ["conversations checked", num(dedup.get("checked"))]]
+    if isinstance(contamination, dict):
+        sources = ", ".join(str(s) for s in contamination.get("sources", []))
+        overlap = contamination.get("persona_overlap") or {}
+        rows += [[f"sharing a {esc(contamination.get('ngram'))}-word run with an utterance of {esc(sources)}",
+                  num(contamination.get("contaminated"))],
+                 ["persona sentences also in those files (expected when seeding from them)",
+                  f"{num(overlap.get('sentences'))} of {num(overlap.get('of'))}"]]
+    if not rows:
+        return ""
+    return f'<h3>Duplicates and contamination</h3><p class="note">{esc(where)}</p>' + table(["", "count"], rows)
+
+
 def run_section(run: RunInfo | None) -> str:
     if run is None:
         return ""
@@ -493,12 +514,16 @@ def run_section(run: RunInfo | None) -> str:
         ]
         parts.append("<h3>Stages</h3>" + table(["stage", "wall s", "LLM calls", "cache hits"], rows))
         # Requests fitted to the model's context window (executors/window.py), where any were.
-        fit_keys = ("refitted", "examples_dropped", "context_refused", "context_window")
+        fit_keys = ("refitted", "examples_dropped", "turns_capped", "context_refused", "context_window")
         fitted = [(name, s) for name, s in stages.items() if isinstance(s, dict) and any(s.get(k) for k in fit_keys)]
         if fitted:
             parts.append("<h3>Context window</h3>" + table(
-                ["stage", "requests refitted", "few-shot examples dropped", "refused for length", "could not fit"],
+                ["stage", "requests refitted", "few-shot examples dropped", "example cut to fewer turns",
+                 "refused for length", "could not fit (a listwise ranking: compared pairwise)"],
                 [[esc(name), *(num(s.get(k, 0)) for k in fit_keys)] for name, s in fitted]))
+    parts.append(release_section(stats.get("dedup"), stats.get("decontamination"),
+                                 "removed by the run before its dataset was written (duplicates.jsonl, "
+                                 "contaminated.jsonl)"))
     failures = stats.get("failures")
     if isinstance(failures, dict) and failures:
         parts.append("<h3>Failures</h3>" + table(["reason", "count"], [[esc(k), num(v)] for k, v in failures.items()]))
@@ -573,6 +598,8 @@ def render_report(metrics: dict[str, Any], run: RunInfo | None = None) -> str:
         body.append(length_figure(metrics, ref))
         body.append(distinct_figure(metrics, ref))
         body.append(hits_section(metrics))
+        body.append(release_section(metrics.get("duplicates"), metrics.get("contamination"),
+                                    "in the data evaluated (counted, not removed)"))
         found = metrics.get("calibration")
         calibration: dict[str, Any] = found if isinstance(found, dict) else {}
         for name, section in (("turing", turing_section), ("faithfulness", faithfulness_section),

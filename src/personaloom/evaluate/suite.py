@@ -11,6 +11,9 @@ embedder for persona coverage. Out (in `out`):
   big_five, languages, scenarios, sessions   the optional features' lines (evaluate/features.py), None when no
                  conversation uses the feature
   judge/{turing,faithfulness,toxicity,traits,cross_session}.jsonl   every judge decision, when a judge ran
+  duplicates, contamination   exact and near duplicates among every conversation (personaloom.dedup, the first
+                 20 listed) and, with `decontaminate`, those sharing a long n-gram with the benchmark files
+                 (personaloom.decontaminate; each in contamination.jsonl): counted, never dropped
 `limit` caps the conversations sent to the judge (a seeded sample). Persona coverage embeds every
 utterance, the slowest step on a CPU (measured here: 15-25 sentences/s on 2 cores shared with other
 jobs; 100 SPC conversations are ~3,700 texts), so it uses a seeded sample of `coverage_sample`
@@ -25,12 +28,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from personaloom.chat import LLMClient
+from personaloom.config import DecontaminateConfig, DedupConfig
 from personaloom.dialogue import DEFECT_KINDS
 from personaloom.errors import InputError
 from personaloom.evaluate import features
@@ -41,11 +45,13 @@ from personaloom.evaluate.retrieval import hits_at_1
 from personaloom.evaluate.turing import run_turing
 from personaloom.fsutil import atomic_open, atomic_write_text, ensure_dir
 from personaloom.records import Conversation
+from personaloom.release import screen
 from personaloom.rng import rng_for
 from personaloom.rundir import read_json
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
+CONTAMINATION_FILE = "contamination.jsonl"
 COVERAGE_SAMPLE = 100
 # Conversations per dataset for every metric but the counts of conversations and defects: a 20k- or
 # 1M-conversation run is evaluated in the memory of 5,000 (about 70 MB of records), and distinct-n, which
@@ -139,11 +145,14 @@ async def evaluate(
     embedder: Any | None = None,
     coverage_sample: int | None = COVERAGE_SAMPLE,
     metrics_sample: int | None = METRICS_SAMPLE,
+    decontaminate: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Compute every metric, write out/metrics.json and out/report.html, return the metrics.
 
     coverage_sample: conversations per dataset for persona coverage; metrics_sample: for every metric but
-    the conversation and defect counts (None = all of them)."""
+    the conversation and defect counts (None = all of them). Duplicates are counted over every conversation
+    (metrics["duplicates"]); with `decontaminate` (benchmark files) so are the conversations sharing a long
+    n-gram with them (metrics["contamination"], out/contamination.jsonl), never dropped here."""
     out = ensure_dir(Path(out))
     data_path = Path(data)
     timing: dict[str, float] = {}
@@ -160,6 +169,13 @@ async def evaluate(
     t = lap("read", started)
     metrics: dict[str, Any] = _dataset_metrics(loaded, embedder, seed, "data", coverage_sample)
     t = lap("data_metrics", t)
+    screened = screen(_records(data_path), DedupConfig(), DecontaminateConfig(paths=list(decontaminate)), drop=False)
+    examples = [d.model_dump() for d in screened.duplicates[:20]]
+    metrics["duplicates"] = {**screened.summary["dedup"], "examples": examples}
+    metrics["contamination"] = screened.summary.get("decontamination")
+    if decontaminate:
+        _write_jsonl(out / CONTAMINATION_FILE, (c.model_dump() for c in screened.contaminated))
+    t = lap("duplicates", t)
     metrics["reference"] = None
     metrics["ir_transfer"] = None
     if ref_data is not None and ref is not None:

@@ -33,7 +33,7 @@ from personaloom.chat import ChatRequest, ChatResult
 from personaloom.console import console
 from personaloom.errors import BackendError
 from personaloom.executors.progress import ProgressSink, _StageProgress, _TokenRate, make_progress  # noqa: F401
-from personaloom.executors.window import Window, cut, fit, needed, refusal, too_long
+from personaloom.executors.window import Window, corrected, counted_ratio, cut, fit, needed, refusal, too_long
 from personaloom.replies import normalize
 from personaloom.stats import Stats
 from personaloom.stop import RunStopped, StopSignal
@@ -45,6 +45,12 @@ _REFIT = ChatResult(error="not sent: to be fitted to the context window")
 # Consecutive failed calls, with no success yet in this invocation, after which the server is taken to
 # be unusable and the run stops with its message (instead of paying for thousands of doomed calls).
 DEAD_AFTER = 24
+
+
+async def optional(backend: Backend, name: str, *args: Any) -> Any:
+    """`backend.name(*args)` where the backend has it (a scripted test backend may not), else None."""
+    method = getattr(backend, name, None)
+    return await method(*args) if method is not None else None
 
 
 class Endpoint:
@@ -92,8 +98,7 @@ class Endpoint:
             await asyncio.shield(task)
 
     async def _ask(self, backend: Backend) -> None:
-        ask = getattr(backend, "context_window", None)  # a scripted test backend may not have it
-        found = await ask() if ask is not None else None
+        found = await optional(backend, "context_window")
         if found is not None and self.window is None:
             self.window = Window(found[0], found[1])
 
@@ -246,12 +251,13 @@ class LLM:
     def _key(self, request: ChatRequest) -> str:
         return request.cache_key(self.backend.kind, self.backend.model_id)
 
-    async def _call(self, request: ChatRequest, key: str) -> ChatResult:
+    async def _call(self, request: ChatRequest, key: str, fitted_to: Window | None) -> ChatResult:
         async with self.endpoint.slot(self._loop):
             if self.stop is not None and self.stop.requested:
                 return _SKIPPED  # not sent: the user asked the run to stop
             window = self.endpoint.window
-            if window is not None and needed(request, window.chars_per_token) > window.tokens:
+            if window is not fitted_to and window is not None and needed(request, window.chars_per_token) \
+                    > window.tokens:
                 return _REFIT
             self.in_flight += 1
             start = time.perf_counter()
@@ -274,7 +280,11 @@ class LLM:
             if results[0].error is not None and self.stop is not None and self.stop.requested:
                 return _SKIPPED  # e.g. a retry given up for the stop: a re-run sends it again
             result = normalize(results[0], request)
-            said = cut(result, request, window)
+            said = cut(result, request, window) if window is not None or self.backend.may_cut_prompts else None
+            if said is None and window is not None and result.ok and result.usage.reported:
+                lower = corrected(window, request, result.usage.prompt_tokens)
+                if lower is not None:  # the estimate was short for this text: estimate longer from now on
+                    self.endpoint.learn(lower)
             if said is not None:  # never cached: a re-run, or the refit below, sends it again
                 result = ChatResult(error=said, error_reason="prompt_cut", usage=result.usage,
                                     latency_s=result.latency_s)
@@ -299,13 +309,18 @@ class LLM:
                 f"the last said: {result.error}"
             )
 
-    def _fit(self, request: ChatRequest) -> ChatRequest | ChatResult:
+    async def _fit(self, request: ChatRequest) -> ChatRequest | ChatResult:
         """`request` fitted to the endpoint's window (executors/window.py), or the failure of one that cannot
-        fit: never sent, reason "context_window"."""
+        fit: never sent, reason "context_window". Where the estimate says it does not fit whole and the server
+        can count its tokens, it is fitted on that count."""
         window = self.endpoint.window
         if window is None:
             return request
-        fitted, dropped = fit(request, window)
+        ratio = None
+        if needed(request, window.chars_per_token) > window.tokens:
+            tokens = await optional(self.backend, "count_tokens", request)
+            ratio = counted_ratio(request, tokens) if tokens else None
+        fitted, dropped, capped = fit(request, window, ratio)
         if fitted is None:
             failed = ChatResult(error=too_long(request, window, self.endpoint.name), error_reason="context_window")
             self.stats.add(request.stage, "context_window")
@@ -315,27 +330,38 @@ class LLM:
             self.stats.add(request.stage, "refitted")
             self.stats.add(request.stage, "examples_dropped", dropped)
             self.endpoint.fitted(dropped)
+        if capped:
+            self.stats.add(request.stage, "turns_capped")
         return fitted
 
     async def _one(self, request: ChatRequest) -> ChatResult:
-        """One request, fitted to the endpoint's context window; refused for its length by the server, the window
-        it names is learned and the request is fitted to it and sent again, once."""
+        """One request, fitted to the endpoint's context window; refused for its length by the server (or cut by
+        it), the window it names is learned and the request is fitted to it and sent again, once."""
         await self.endpoint.ask_window(self.backend)
         learn = True
         while True:
-            sent = self._fit(request)
+            fitted_to = self.endpoint.window
+            sent = await self._fit(request)
             if isinstance(sent, ChatResult):
                 return sent
-            result, learned = await self._send(sent, learn)
+            result, learned = await self._send(sent, learn, fitted_to)
             if result is _REFIT:
                 continue  # the window became known while it waited for a slot
             if learned is None:
                 return result
             self.stats.add(request.stage, "context_refused")
+            if self.endpoint.window is None and result.error_reason == "prompt_cut":
+                # Guessed from the reply; the server may say it now (Ollama's /api/ps, once the model is loaded).
+                # The guess holds meanwhile, so that requests waiting for a slot are fitted to it.
+                self.endpoint.window = learned
+                found = await optional(self.backend, "context_window")
+                learned = Window(found[0], found[1]) if found is not None else learned
+                self.endpoint.window = None  # learned below, and said
             self.endpoint.learn(learned)
             learn = False
 
-    async def _send(self, request: ChatRequest, learn: bool) -> tuple[ChatResult, Window | None]:
+    async def _send(self, request: ChatRequest, learn: bool, fitted_to: Window | None) -> tuple[
+            ChatResult, Window | None]:
         """The result of `request` (cache, the same request in flight, or the backend), accounted; with `learn`,
         a refusal naming a context window is returned unaccounted with that window."""
         key = self._key(request)
@@ -356,7 +382,7 @@ class LLM:
         future: asyncio.Future[ChatResult] = self._loop.create_future()
         self._pending[key] = future
         try:
-            result = await self._call(request, key)
+            result = await self._call(request, key, fitted_to)
         except BaseException as exc:
             if not future.done():
                 if isinstance(exc, Exception):

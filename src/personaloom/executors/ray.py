@@ -6,9 +6,10 @@ optional `ResponseCache`, a `Stats`, and batches of `ChatRequest`s from any numb
 Out: one `ChatResult` per request, in order, the same as the local executor's `LLM` gives for the
 same requests (same seeds, same texts; same cache keys, so a run may switch executors and keep its cache).
 
-Path of a request: `LLM._one` in the driver (cache lookup, sharing of identical in-flight requests,
-stats, progress: all inherited) -> `_RayBackend.agenerate` -> `_Coalescer`, which gathers the
-requests of every concurrent caller for up to `wait_ms` (or `max_batch` requests) into one Ray Dataset
+Path of a request: `LLM._one` in the driver (fitting to the context window, which a worker asks the server
+for at start; cache lookup, sharing of identical in-flight requests, stats, progress: all inherited) ->
+`_RayBackend.agenerate` -> `_Coalescer`, which gathers the requests of every concurrent caller for up to
+`wait_ms` (or `max_batch` requests) into one Ray Dataset
 -> `ray.data.from_items(rows).map_batches(_BackendBatch, ...)`: `_BackendBatch` is a callable class
 that builds the backend once per worker with `personaloom.backends.create_backend` and answers a batch
 (up to the backend's own concurrency at once) -> rows back, put in order by index.
@@ -139,11 +140,13 @@ class _BackendBatch:
         except PersonaloomError as exc:
             self._fatal = str(exc)
 
-    def describe(self) -> tuple[str, str, int]:
-        """(kind, model_id, max_concurrency), or BackendError when the backend could not be built."""
+    def describe(self) -> tuple[str, str, int, tuple[int, str] | None]:
+        """(kind, model_id, max_concurrency, the context window the server states or None), or BackendError
+        when the backend could not be built."""
         if self._backend is None:
             raise BackendError(self._fatal)
-        return self._backend.kind, self._backend.model_id, self._backend.max_concurrency
+        window = self._loop.run_until_complete(self._backend.context_window())
+        return self._backend.kind, self._backend.model_id, self._backend.max_concurrency, window
 
     async def _answer(self, requests: list[ChatRequest]) -> list[ChatResult]:
         from personaloom.aio import gather_all
@@ -188,7 +191,7 @@ def _answer_held(batch: dict[str, Any], config_json: str, factory: BackendFactor
     return _held(config_json, factory)(batch)
 
 
-def _describe_held(config_json: str, factory: BackendFactory | None) -> tuple[str, str, int]:
+def _describe_held(config_json: str, factory: BackendFactory | None) -> tuple[str, str, int, tuple[int, str] | None]:
     return _held(config_json, factory).describe()
 
 
@@ -279,7 +282,9 @@ class _RayBackend(Backend):
         self._wait_s = wait_s
         self._remote_args = remote_args
         self.kind = config.kind  # type: ignore[misc]  # replaced by the built backend's own below
+        self.may_cut_prompts = config.kind == "openai"
         self._model_id = ""
+        self._window: tuple[int, str] | None = None
         # LLM's semaphore: enough requests in flight to fill one batch while the previous one runs.
         self.max_concurrency = 2 * max_batch
         self._coalescers: dict[asyncio.AbstractEventLoop, _Coalescer] = {}
@@ -293,7 +298,7 @@ class _RayBackend(Backend):
         env = {"runtime_env": self._remote_args["runtime_env"]} if "runtime_env" in self._remote_args else {}
         describe = ray.remote(num_cpus=0, **env)(_describe_held)
         try:
-            kind, model_id, _ = ray.get(describe.remote(self._config_json, self._factory))
+            kind, model_id, _, self._window = ray.get(describe.remote(self._config_json, self._factory))
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, PersonaloomError):
@@ -305,6 +310,10 @@ class _RayBackend(Backend):
     @property
     def model_id(self) -> str:
         return self._model_id
+
+    async def context_window(self) -> tuple[int, str] | None:
+        """The window the server stated to the worker that was asked at start (None: learned from a refusal)."""
+        return self._window
 
     def _run_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """One Ray Dataset for these requests; blocks (runs in a thread)."""

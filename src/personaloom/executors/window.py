@@ -1,16 +1,19 @@
 """Requests fitted to a model's context window, so that none is sent that the server must refuse or cut.
 
 In: a ChatRequest (the Generator's mark their few-shot examples with `ChatRequest.few_shot`) and its endpoint's
-`Window` when known: `backend.context_window`, the embedded model's `n_ctx`, or learned from a server's
-context-length refusal (`refusal`: vLLM/OpenAI/SGLang "maximum context length is N tokens", llama.cpp's "request
-(P tokens) exceeds the available context size (N tokens)"). Out: `fit(request, window)` -> the request as it may
-be sent (few-shot examples dropped from the end until the prompt plus max_tokens fits with a margin) and the
-number dropped, or None when even the request without examples does not fit; `cut(result, ...)` -> the error of a
-reply whose reported prompt tokens show that the server cut the prompt (a server that truncates silently).
+`Window` when known (backend.context_window, the embedded n_ctx, what the server states: backends/serverinfo.py)
+or learned from a server's context-length refusal (`refusal`: vLLM/OpenAI/SGLang "maximum context length is N
+tokens", llama.cpp's "request (P tokens) exceeds the available context size (N tokens)"). Out: `fit(request,
+window)` -> the request as it may be sent (few-shot examples dropped from the end down to one, then that one's
+dialogue capped at CAPS turns, then none, until the prompt plus max_tokens fits with a margin), the examples
+dropped and the cap, or None when nothing fits; `cut(result, ...)` -> the error of a reply whose reported prompt
+tokens show that the server cut the prompt (Ollama truncates silently), with the window known or not;
+`corrected` and `counted_ratio` -> the characters per token measured by a reply's usage or the server's tokenizer.
 
-Prompt tokens are estimated from characters, `Window.chars_per_token` (3.0 unless a refusal said how many tokens
-a prompt of known length had): deterministic for a given window, so a resumed run fits every request as before
-and the response cache answers it. The windows learned are kept in the run directory (context_windows.json).
+Prompt tokens are estimated from characters, `Window.chars_per_token` (3.0 unless a refusal or a reply's usage
+measured this server's tokenizer, only ever lowered): deterministic for a given window, so a resumed run fits
+every request as before and the response cache answers it. The windows learned are kept in the run directory
+(context_windows.json).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ CHARS_PER_TOKEN = 3.0
 # Tokens kept free beyond prompt + max_tokens: chat-template tokens the character count cannot see.
 MARGIN = 32
 _PER_MESSAGE = 4  # role and separators of one chat message
+# Turns the one example left is capped to, in turn, when even it does not fit whole.
+CAPS = (8, 4, 2)
+# Below this many estimated prompt tokens a low reported count tells nothing about a cut (see `cut`).
+CUT_AT = 1024
 _WINDOW = (
     re.compile(r"maximum context length is (\d+) tokens", re.IGNORECASE),  # vLLM, OpenAI, SGLang
     re.compile(r"available context size \((\d+) tokens\)", re.IGNORECASE),  # llama.cpp's server
@@ -84,38 +91,92 @@ def refusal(error: str, request: ChatRequest) -> Window | None:
 
 
 def cut(result: ChatResult, request: ChatRequest, window: Window | None) -> str | None:
-    """The error of a reply to a prompt the server cut (Ollama does, silently, at its num_ctx), or None. A fitted
-    prompt leaves max_tokens and a margin free in the window, so a reported prompt at the window was truncated
-    (the estimate was short: a script it counts badly, say). With the window unknown nothing can be told."""
+    """The error of a reply to a prompt the server cut (Ollama does, silently, at its num_ctx), or None; it names
+    the window ("context window is N tokens"), which `refusal` reads back.
+
+    With the window known: a fitted prompt leaves max_tokens and a margin free in it, so a reported prompt at
+    the window was truncated (the estimate was short: a script it counts badly, say). With the window unknown:
+    a prompt of at least CUT_AT estimated tokens reported at exactly a power of two no larger than the
+    estimate (Ollama's runner keeps num_ctx tokens: 2,048 or 4,096 unless set), or at under half the estimate
+    (Ollama drops whole messages until the prompt fits num_ctx, and the estimate errs long, never by half):
+    the window is taken to be that power of two, or the one at or above the reported count."""
     used = result.usage.prompt_tokens
-    if window is None or not result.ok or not result.usage.reported or used < window.tokens - MARGIN:
+    if not result.ok or not result.usage.reported or used <= 0:
         return None
-    return (f"the server cut the prompt: it counted {used} prompt tokens, at its context window of {window.tokens} "
-            f"tokens ({window.source}), so the reply followed a prompt without its start")
+    if window is not None:
+        if used < window.tokens - MARGIN:
+            return None
+        return (f"the server cut the prompt: it counted {used} prompt tokens, at its context window of "
+                f"{window.tokens} tokens ({window.source}), so the reply followed a prompt without its start")
+    guess = estimate(request)
+    if guess < CUT_AT or used > guess or (used & (used - 1) and 2 * used >= guess):
+        return None
+    size = 1 << (used - 1).bit_length()
+    return (f"the server cut the prompt: it counted {used} prompt tokens of about {guess} sent, so its context "
+            f"window is {size} tokens or less and the reply followed a prompt without its start (set "
+            "backend.context_window to the server's window, Ollama's num_ctx, if you know it)")
 
 
-def fit(request: ChatRequest, window: Window) -> tuple[ChatRequest | None, int]:
-    """(the request that fits `window`, few-shot examples dropped); (None, 0) when none does (see the module)."""
-    if needed(request, window.chars_per_token) <= window.tokens:
-        return request, 0
+def corrected(window: Window, request: ChatRequest, used: int) -> Window | None:
+    """`window` with fewer characters per token when a reply's reported prompt tokens (`used`) show that the
+    estimate was short (a script or text the tokenizer splits finely), else None. Only ever lowered: a fit
+    decision changes only where the old estimate would have let a request through that the server refuses."""
+    if used <= estimate(request, window.chars_per_token):
+        return None
+    ratio = 0.9 * prompt_chars(request) / max(1, used - _PER_MESSAGE * len(request.messages))
+    return Window(window.tokens, window.source, round(max(1.0, min(ratio, window.chars_per_token)), 3))
+
+
+def counted_ratio(request: ChatRequest, tokens: int) -> float:
+    """Characters per token of `request` as the server's tokenizer counted it (`tokens`), less a few percent
+    (the examples dropped to fit may tokenize a little differently from the whole)."""
+    return round(max(1.0, min(8.0, 0.97 * prompt_chars(request) / max(1, tokens - _PER_MESSAGE
+                                                                        * len(request.messages)))), 3)
+
+
+def _capped(text: str, turns: int) -> str:
+    return "\n".join([line for line in text.splitlines() if line.strip()][:turns])
+
+
+def fit(request: ChatRequest, window: Window, chars_per_token: float | None = None) -> tuple[
+        ChatRequest | None, int, int]:
+    """(the request that fits `window`, few-shot examples dropped, turns each kept example was capped to: 0 for
+    none); (None, 0, 0) when none does. Whole examples go from the end down to one; then that one's dialogue
+    is capped at CAPS turns; then it goes too. `chars_per_token`: the request's own ratio, when the server
+    counted it (else the window's)."""
+    ratio = chars_per_token or window.chars_per_token
+    if needed(request, ratio) <= window.tokens:
+        return request, 0, 0
     if request.few_shot is None:
-        return None, 0
+        return None, 0, 0
     start, count = request.few_shot
     messages = list(request.messages)
-    for kept in range(count - 2, -1, -2):  # whole (user, assistant) examples, the last ones first
-        trial = request.model_copy(update={"messages": messages[: start + kept] + messages[start + count:],
-                                           "few_shot": (start, kept) if kept else None})
-        if needed(trial, window.chars_per_token) <= window.tokens:
-            return trial, (count - kept) // 2
-    return None, 0
+
+    def keep(n: int, cap: int = 0) -> ChatRequest:
+        shots = [m.model_copy(update={"content": _capped(m.content, cap)}) if cap and m.role == "assistant" else m
+                 for m in messages[start: start + n]]
+        return request.model_copy(update={"messages": messages[:start] + shots + messages[start + count:],
+                                          "few_shot": (start, n) if n else None})
+
+    trials = [(kept, 0) for kept in range(count - 2, 1, -2)]  # whole (user, assistant) examples, the last first
+    if count >= 2:
+        lines = len(_capped(messages[start + 1].content, 10**6).splitlines())
+        trials += [(2, cap) for cap in CAPS if cap < lines]
+    for kept, cap in [*trials, (0, 0)]:
+        trial = keep(kept, cap)
+        if needed(trial, ratio) <= window.tokens:
+            return trial, (count - kept) // 2, cap
+    return None, 0, 0
 
 
 def too_long(request: ChatRequest, window: Window, endpoint: str) -> str:
     """The error of a request that cannot fit even without its examples: the window, the need and the settings."""
+    lower = "generate.few_shot, generate.example_max_turns or generate.max_tokens" if request.few_shot is not None \
+        else f"the max_tokens of {request.stage} (in the {request.stage.split('.')[0]} settings)"
     return (f"context window: this request needs about {needed(request, window.chars_per_token)} tokens (prompt "
             f"{estimate(request, window.chars_per_token)}, max_tokens {request.params.max_tokens}) but {endpoint} "
-            f"has {window.tokens} ({window.source}); lower generate.few_shot, generate.example_max_turns or "
-            "max_tokens, or use a model with a larger window (backend.context_window if the server's is larger)")
+            f"has {window.tokens} ({window.source}); lower {lower}, or use a model with a larger window "
+            "(backend.context_window if the server's is larger)")
 
 
 def load(path: Path) -> dict[str, Window]:
@@ -133,4 +194,5 @@ def save(path: Path, windows: dict[str, Window]) -> None:
     atomic_write_text(path, json.dumps({k: asdict(v) for k, v in sorted(windows.items())}, indent=2) + "\n")
 
 
-__all__ = ["CHARS_PER_TOKEN", "Window", "cut", "estimate", "fit", "load", "needed", "refusal", "save", "too_long"]
+__all__ = ["CHARS_PER_TOKEN", "Window", "corrected", "counted_ratio", "cut", "estimate", "fit", "load", "needed",
+           "refusal", "save", "too_long"]

@@ -17,6 +17,7 @@ or cannot be parsed is an "abstain" verdict and a Failure.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,14 +164,22 @@ def quality_tasks(convs: list[Conversation], config: RunConfig, ctx: ExpertConte
             rng.rng_for(config.seed, "critic-order", expert, ctx.iteration, ctx.pair_id).shuffle(shown)
             tasks.append(Judged(expert, tuple(shown)))
             continue
-        for a, b in itertools.combinations(convs, 2):
-            if c.both_orders:
-                orders = [(a, b), (b, a)]
-            elif rng.rng_for(config.seed, "critic-order", expert, a.id, b.id).random() < 0.5:
-                orders = [(b, a)]
-            else:
-                orders = [(a, b)]
-            tasks.extend(Judged(expert, order) for order in orders)
+        tasks.extend(pairwise_tasks(expert, convs, config.seed, c.both_orders))
+    return tasks
+
+
+def pairwise_tasks(expert: str, convs: list[Conversation] | tuple[Conversation, ...], seed: int,
+                   both_orders: bool) -> list[Judged]:
+    """One quality expert's C(n,2) comparisons (x2 with both_orders)."""
+    tasks: list[Judged] = []
+    for a, b in itertools.combinations(convs, 2):
+        if both_orders:
+            orders = [(a, b), (b, a)]
+        elif rng.rng_for(seed, "critic-order", expert, a.id, b.id).random() < 0.5:
+            orders = [(b, a)]
+        else:
+            orders = [(a, b)]
+        tasks.extend(Judged(expert, order) for order in orders)
     return tasks
 
 
@@ -180,8 +189,13 @@ async def critique(tasks: list[Judged], route: Router, ctx: ExpertContext, out: 
     run = await run_step(Judge(ctx), tasks, route)
     out.add("critic", run)
     verdicts: list[Verdict] = []
+    too_long: list[Judged] = []  # listwise rankings the context window cannot hold: compared pairwise instead
     for task, got in zip(tasks, run.outputs, strict=True):
-        if isinstance(got, Failure):
+        if isinstance(got, Failure) and got.reason == "context_window" and ctx.mode == "listwise" \
+                and registry.is_quality(task.expert) and len(task.shown) > 2:
+            too_long.append(task)
+            out.failures.remove(got)
+        elif isinstance(got, Failure):
             problem = f"llm error: {got.detail}" if got.reason == "llm_error" else got.detail
             a = task.shown[0]
             pairwise = registry.is_quality(task.expert) and ctx.mode == "pairwise"
@@ -192,6 +206,10 @@ async def critique(tasks: list[Judged], route: Router, ctx: ExpertContext, out: 
         else:
             verdicts.extend(got)
     out.verdicts.extend(verdicts)
+    if too_long:
+        compared = dataclasses.replace(ctx, mode="pairwise")
+        tasks = [t for task in too_long for t in pairwise_tasks(task.expert, task.shown, ctx.seed, ctx.both_orders)]
+        verdicts.extend(await critique(tasks, route, compared, out))
     return verdicts
 
 
