@@ -276,7 +276,14 @@ def test_a_cut_is_told_without_a_known_window_and_a_short_estimate_is_corrected(
     assert cut(reply.model_copy(update={"usage": Usage(prompt_tokens=1400)}), full, None) is None  # a plain reply
     assert cut(reply.model_copy(update={"usage": Usage(reported=False)}), full, None) is None
     assert cut(reply, request("short", 0, "the pair"), None) is None  # too short to tell
+    # Exactly 1,024 tokens from a server not known to be Ollama is a prompt of that length, no sign of a cut;
+    # under half the estimate still is one; a backend that never cuts (the embedded model) is never read so.
+    at_2048 = reply.model_copy(update={"usage": Usage(prompt_tokens=2048)})  # above half of ~2,290 estimated
+    assert cut(at_2048, full, None, "maybe") is None and cut(at_2048, full, None, "ollama") is not None
+    assert cut(reply.model_copy(update={"usage": Usage(prompt_tokens=700)}), full, None, "maybe") is not None
+    assert cut(reply.model_copy(update={"usage": Usage(prompt_tokens=700)}), full, None, "never") is None
     window = Window(WINDOW, "test")
+    assert corrected(window, request("short", 0, "the pair"), 400) is None  # a short prompt's template skews it
     assert corrected(window, full, 1200) is None  # the estimate errs long, as it should
     finer = corrected(window, full, 2500)  # a text the tokenizer splits finely: estimate longer from now on
     assert finer is not None and finer.tokens == WINDOW and finer.chars_per_token < window.chars_per_token

@@ -195,7 +195,8 @@ def test_dedup_command_and_evaluate_count_without_dropping(tmp_path: Path) -> No
     listed = subprocess.run([sys.executable, "-m", "personaloom.cli", "dedup", str(data)], capture_output=True,
                             text=True, env=cli_env(), timeout=120, check=False)
     assert listed.returncode == 0, listed.stderr
-    assert "removed 0 exact and 2 near duplicates" in listed.stdout and "b duplicates a (near" in listed.stdout
+    assert "found 0 exact and 2 near duplicates" in listed.stdout and "b duplicates a (near" in listed.stdout
+    assert "2 would be kept (--out to write them)" in listed.stdout
     written = subprocess.run([sys.executable, "-m", "personaloom.cli", "dedup", str(data), "--out",
                               str(tmp_path / "clean.jsonl"), "--decontaminate", str(reference)],
                              capture_output=True, text=True, env=cli_env(), timeout=120, check=False)

@@ -252,7 +252,7 @@ class Evaluation:
 def evaluate(data: str | os.PathLike[str] | Run, reference: str | os.PathLike[str] | Run | None = None, *,
              out: str | os.PathLike[str] | None = None, judge: str = "embedded", model: str | None = None,
              base_url: str | None = None, limit: int | None = 20, seed: int = 0, calibrate: bool = False,
-             decontaminate: Sequence[str | os.PathLike[str]] = ()) -> Evaluation:
+             decontaminate: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = ()) -> Evaluation:
     """Evaluate a run directory or dataset file against human-written `reference` data (DESIGN.md §1 step 8):
     format defects, distinct-n, tf-idf hits@1, near-duplicates (personaloom.dedup) and, with a judge (`embedded`,
     `openai`, `fake`; `none` for none), the Turing, faithfulness and toxicity tests on `limit` conversations.
@@ -268,7 +268,7 @@ def evaluate(data: str | os.PathLike[str] | Run, reference: str | os.PathLike[st
     data_path = path(data)
     assert data_path is not None
     where = None if out is None else Path(out)
-    benchmarks = [os.fspath(p) for p in decontaminate]
+    benchmarks = _paths(decontaminate)
     metrics, out_dir = run_sync(lambda: aevaluate(data_path, path(reference), where, judge, model, base_url, limit,
                                                   seed, calibrate, benchmarks))
     return Evaluation(metrics, out_dir)
@@ -316,7 +316,8 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str
 
 
 def dedup(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, threshold: float = 0.7,
-          shingle: int = 5, decontaminate: Sequence[str | os.PathLike[str]] = (), ngram: int = 13,
+          shingle: int = 5, decontaminate: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = (),
+          ngram: int = 13,
           format: str | None = None, to: str | None = None) -> Screening:
     """Duplicates and (with `decontaminate`: reference files) contaminated conversations of `src`, any file the
     readers accept (`format` to override detection): a `personaloom.release.Screening` (`.duplicates`,
@@ -330,7 +331,7 @@ def dedup(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     from personaloom.release import screen
 
     settings = resolve_config({"dedup": {"threshold": threshold, "shingle": shingle}, "decontaminate": {
-        "paths": [os.fspath(p) for p in decontaminate], "ngram": ngram}})
+        "paths": _paths(decontaminate), "ngram": ngram}})
     found = screen(read_conversations(Path(src), format), settings.dedup, settings.decontaminate)
     if out is not None:
         target = Path(out)
@@ -338,6 +339,11 @@ def dedup(src: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
                             sources=[os.fspath(src)])
         found.write(target.parent, prefix=f"{target.stem}.")
     return found
+
+
+def _paths(given: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One path or several, as strings (a str is one path, never its characters)."""
+    return [os.fspath(given)] if isinstance(given, str | os.PathLike) else [os.fspath(p) for p in given]
 
 
 def load(out: str | os.PathLike[str]) -> Run:

@@ -399,7 +399,11 @@ def dedup(
 
     found = api.dedup(src, out, threshold=threshold, decontaminate=decontaminate or (), ngram=ngram, format=fmt,
                       to=to)
-    typer.echo(f"{src}: {found.describe()}; {len(found.kept)} kept" + (f", written to {out}" if out else ""))
+    if out is None:
+        typer.echo(f"{src}: {found.describe(removed=False)}; {len(found.kept)} would be kept (--out to write them)")
+    else:
+        typer.echo(f"{src}: {found.describe()}; {len(found.kept)} kept, written to {out} (the ones removed listed in "
+                   f"{found.listed_in(f'{out.stem}.')} beside it)")
     if out is None:
         for d in found.duplicates[:20]:
             typer.echo(f"  {d.id} duplicates {d.kept_id} ({d.kind}, similarity {d.similarity})")

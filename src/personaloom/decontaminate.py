@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from personaloom.errors import InputError
 from personaloom.io.readers import read_conversations
 from personaloom.records import Conversation, Record
 from personaloom.text import words
@@ -34,11 +35,6 @@ class Contaminated(Record):
     utterance: str
 
 
-def _turns(conversation: Conversation) -> list[str]:
-    turns = [t for s in conversation.sessions for t in s.turns] if conversation.sessions else conversation.turns
-    return [t.text for t in turns]
-
-
 def _grams(tokens: list[str], n: int) -> Iterable[tuple[int, str]]:
     for i in range(len(tokens) - n + 1):
         gram = " ".join(tokens[i: i + n])
@@ -47,6 +43,13 @@ def _grams(tokens: list[str], n: int) -> Iterable[tuple[int, str]]:
 
 def persona_key(sentence: str) -> str:
     return " ".join(words(sentence))
+
+
+def check_sources(paths: Sequence[str | Path]) -> None:
+    """InputError for a reference file that does not exist: said before a run pays for anything."""
+    for path in paths:
+        if not Path(path).exists():
+            raise InputError("no such file or directory (--decontaminate)", path=path)
 
 
 class References:
@@ -65,7 +68,7 @@ class References:
             for conversation in read_conversations(path):
                 self.personas.update(persona_key(p) for p in (*conversation.user1_persona,
                                                              *conversation.user2_persona))
-                for text in _turns(conversation):
+                for text in (t.text for t in conversation.all_turns()):
                     self.utterances += 1
                     for key, _ in _grams(words(text), ngram):
                         self._grams.setdefault(key, (index, text))
@@ -73,8 +76,8 @@ class References:
 
     def match(self, conversation: Conversation) -> Contaminated | None:
         """The first n-gram of `conversation` found in an utterance of the files, or None."""
-        for text in _turns(conversation):
-            for key, gram in _grams(words(text), self.ngram):
+        for turn in conversation.all_turns():
+            for key, gram in _grams(words(turn.text), self.ngram):
                 found = self._grams.get(key)
                 if found is not None:
                     return Contaminated(id=conversation.id, ngram=gram, source=self.sources[found[0]],
@@ -87,4 +90,4 @@ class References:
                                                              *conversation.user2_persona))
 
 
-__all__ = ["NGRAM", "Contaminated", "References"]
+__all__ = ["NGRAM", "Contaminated", "References", "check_sources"]

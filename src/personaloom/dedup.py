@@ -48,8 +48,7 @@ class Duplicate(Record):
 
 def conversation_words(conversation: Conversation) -> list[str]:
     """The words of every turn of `conversation` (every session's, for a multi-session one), in order."""
-    turns = [t for s in conversation.sessions for t in s.turns] if conversation.sessions else conversation.turns
-    return [w for t in turns for w in words(t.text)]
+    return [w for t in conversation.all_turns() for w in words(t.text)]
 
 
 def shingles(tokens: list[str], size: int = SHINGLE) -> list[str]:

@@ -30,6 +30,7 @@ from personaloom import stagenames as names
 from personaloom.calibrate.command import prepare
 from personaloom.config import RunConfig, dump_config
 from personaloom.console import console
+from personaloom.decontaminate import check_sources
 from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
@@ -434,6 +435,7 @@ def run(config: RunConfig, until: str = "all", only: str | None = None, calibrat
 async def _execute(config: RunConfig, until: str, only: str | None, calibrate: bool, stop: StopSignal | None,
                    progress: bool | None) -> None:
     started, cfg = time.perf_counter(), config
+    check_sources(cfg.decontaminate.paths)
     seeds = load_seed_set(cfg.seed_data, cfg.seed_format, cfg.expand.personas, cfg.seed) if calibrate else None
     pipe = Pipeline(await prepare(config, seeds.conversations if seeds is not None else None), stop, progress)
     config = pipe.config

@@ -61,18 +61,24 @@ class Screening:
             else:
                 (folder / f"{prefix}{name}").unlink(missing_ok=True)
 
-    def describe(self) -> str:
-        """One line: what the filters removed ("" when none ran)."""
+    def describe(self, removed: bool = True) -> str:
+        """One line: what the filters found, `removed` or not ("" when none ran), and the files that list it."""
         parts = []
         if "decontamination" in self.summary:
             d = self.summary["decontamination"]
-            verb = "dropped" if d["dropped"] else "found"
-            parts.append(f"{verb} {d['contaminated']} contaminated (a {d['ngram']}-word run of "
-                         f"{', '.join(Path(s).name for s in d['sources'])})")
+            parts.append(f"{'dropped' if removed else 'found'} {d['contaminated']} contaminated (a {d['ngram']}-word "
+                         f"run of {', '.join(Path(s).name for s in d['sources'])})")
         if "dedup" in self.summary:
             d = self.summary["dedup"]
-            parts.append(f"removed {d['exact']} exact and {d['near']} near duplicates (similarity >= {d['threshold']})")
+            parts.append(f"{'removed' if removed else 'found'} {d['exact']} exact and {d['near']} near duplicates "
+                         f"(similarity >= {d['threshold']})")
         return "; ".join(parts)
+
+    def listed_in(self, prefix: str = "") -> str:
+        """The files `write` writes, by name."""
+        return " and ".join(f"{prefix}{name}" for name, key in ((DUPLICATES, "dedup"),
+                                                                (CONTAMINATED, "decontamination"))
+                            if key in self.summary)
 
 
 def screen(conversations: Iterable[Conversation], dedup: DedupConfig,

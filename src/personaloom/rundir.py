@@ -86,13 +86,13 @@ def write_dataset(out: Path, conversations: Iterable[Conversation], config: RunC
     contaminated conversations (personaloom.release: duplicates.jsonl, contaminated.jsonl, stats.json's "dedup"
     and "decontamination"). `conversations` is read once per file (a run's are streamed from its rounds'
     selected.jsonl: see KeptConversations)."""
-    from personaloom.release import CONTAMINATED, DUPLICATES, screen
+    from personaloom.release import screen
 
     found = screen(conversations, config.dedup, config.decontaminate)
     found.write(out)
     stats.extra.update(found.summary)
     if found.duplicates or found.contaminated:
-        console.print(f"{found.describe()}: listed in {DUPLICATES} and {CONTAMINATED}")
+        console.print(f"{found.describe()}: listed in {found.listed_in()}")
     conversations = found.kept
     stats.conversations = write_jsonl(out / "conversations.jsonl", conversations)
     write_spc_csv(out / "spc.csv", conversations, scenario=config.generate.scenarios is not None)

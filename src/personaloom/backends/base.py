@@ -36,9 +36,10 @@ class Backend(abc.ABC):
 
     kind: ClassVar[str]
     max_concurrency: int = 1
-    # Whether the model behind it may cut an over-long prompt silently (Ollama does, behind the OpenAI API):
-    # the executor then reads a reply's usage for a cut even before it knows the window (executors/window.py).
-    may_cut_prompts: bool = False
+    # Whether the model behind it may cut an over-long prompt silently: "never", "maybe" (a server behind the
+    # OpenAI API) or "ollama" (one that answered Ollama's API: it keeps num_ctx tokens). The executor reads a
+    # reply's usage for a cut even before it knows the window (executors/window.py `cut`).
+    silent_cut: str = "never"
     # Set by the executor: called with the server's Retry-After (or None) when a request meets a 429, a 503
     # or a timeout, so that the endpoint's bound comes down (see executors.local.Endpoint).
     on_overload: Callable[[float | None], None] | None = None

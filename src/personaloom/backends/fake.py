@@ -298,7 +298,7 @@ def demo_responder(request: ChatRequest) -> str:
     asides = _ASIDES
     for language, pools in _LINES_IN.items():
         if f"Write their conversation in {language}." in pair_message:
-            pool, asides = pools[1] if again else pools[0], _ASIDES_IN[language]
+            pool, asides = pools[1] if again else pools[0], _ASIDES_IN.get(language, _ASIDES)
     # 8 to 10 lines (so about two in three are too short for "at least 10"); asked for more than 10, the whole
     # pool (a longer conversation, for recipes such as examples/french_tutoring.yaml).
     asked = re.search(r"Write at least (\d+)", request.messages[0].content)

@@ -321,7 +321,7 @@ def _retry_after(headers: Any) -> float | None:
 
 class OpenAIBackend(Backend):
     kind = "openai"
-    may_cut_prompts = True
+    silent_cut = "maybe"
 
     def __init__(self, cfg: BackendConfig) -> None:
         if not cfg.model:
@@ -389,8 +389,11 @@ class OpenAIBackend(Backend):
         not. Azure's classic deployments have none of these: not asked."""
         if self.__auth.omit_bearer:
             return None
-        return await serverinfo.window(self._ensure_client(), str(self.cfg.model), serverinfo.root_of(self.__auth.url),
-                                       self.cfg.extra_body)
+        found, ollama = await serverinfo.window(self._ensure_client(), str(self.cfg.model),
+                                                serverinfo.root_of(self.__auth.url), self.cfg.extra_body)
+        if ollama:
+            self.silent_cut = "ollama"
+        return found
 
     async def count_tokens(self, request: ChatRequest) -> int | None:
         """The server's own count of `request`'s prompt tokens (its /tokenize: backends/serverinfo.py), or None."""

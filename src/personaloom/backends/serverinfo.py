@@ -3,7 +3,8 @@
 In: the backend's `openai.AsyncOpenAI` client (its auth headers and query go with every probe), the model name,
 the API's root URL (backend.base_url without its /v1) and the user's backend.extra_body. Out:
 
-- `window(...)` -> (tokens, where it came from) or None, from the first that says, in this order: a `num_ctx`
+- `window(...)` -> ((tokens, where it came from) or None, whether Ollama's API answered), the window from the
+  first that says, in this order: a `num_ctx`
   the user sends (extra_body `options.num_ctx` or `num_ctx`, Ollama's), vLLM's /v1/models `max_model_len`,
   llama.cpp's server GET /props `default_generation_settings.n_ctx` (one slot's context), Ollama's GET /api/ps
   `context_length` of the loaded model (what it runs with), Ollama's POST /api/show `parameters` `num_ctx` (a
@@ -68,35 +69,35 @@ def _named(model: str, entry: dict[str, Any]) -> bool:
 
 
 async def window(client: openai.AsyncOpenAI, model: str, root: str,
-                 extra_body: dict[str, Any]) -> tuple[int, str] | None:
+                 extra_body: dict[str, Any]) -> tuple[tuple[int, str] | None, bool]:
     """See the module docstring."""
     told = _user_num_ctx(extra_body)
     if told is not None:
-        return told, "the num_ctx in backend.extra_body"
+        return (told, "the num_ctx in backend.extra_body"), "options" in extra_body
     listed = await _ask(client, "get", "/models")
     data = listed.get("data") if isinstance(listed, dict) else None
     data = data if isinstance(data, list) else []
     for entry in data:
         size = _positive(entry.get("max_model_len")) if isinstance(entry, dict) else None
         if size is not None and (entry.get("id") == model or len(data) == 1):
-            return size, "the server's /v1/models max_model_len"
+            return (size, "the server's /v1/models max_model_len"), False
     props = await _ask(client, "get", f"{root}/props")
     if isinstance(props, dict):
         settings = props.get("default_generation_settings")
         size = _positive(settings.get("n_ctx") if isinstance(settings, dict) else props.get("n_ctx"))
         if size is not None:
-            return size, "llama.cpp's /props n_ctx"
+            return (size, "llama.cpp's /props n_ctx"), False
     running = await _ask(client, "get", f"{root}/api/ps")
     models = running.get("models") if isinstance(running, dict) else None
     for entry in models if isinstance(models, list) else []:
         size = _positive(entry.get("context_length")) if isinstance(entry, dict) else None
         if size is not None and _named(model, entry):
-            return size, "Ollama's /api/ps context_length"
+            return (size, "Ollama's /api/ps context_length"), True
     shown = await _ask(client, "post", f"{root}/api/show", {"model": model})
     found = _NUM_CTX.search(str(shown.get("parameters") or "")) if isinstance(shown, dict) else None
     if found is not None:
-        return int(found.group(1)), "the model's num_ctx (Ollama's /api/show)"
-    return None
+        return (int(found.group(1)), "the model's num_ctx (Ollama's /api/show)"), True
+    return None, isinstance(models, list) or (isinstance(shown, dict) and "parameters" in shown)
 
 
 class Tokenizer:

@@ -175,6 +175,8 @@ async def evaluate(
     metrics["contamination"] = screened.summary.get("decontamination")
     if decontaminate:
         _write_jsonl(out / CONTAMINATION_FILE, (c.model_dump() for c in screened.contaminated))
+    else:  # an earlier evaluation's, of other files
+        (out / CONTAMINATION_FILE).unlink(missing_ok=True)
     t = lap("duplicates", t)
     metrics["reference"] = None
     metrics["ir_transfer"] = None

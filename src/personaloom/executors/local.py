@@ -120,8 +120,10 @@ class Endpoint:
         if not self._said_fitted and self.window is not None:
             self._said_fitted = True
             console.print(f"[yellow]{self.name}: prompts are fitted to its {self.window.tokens}-token context window "
-                          f"({self.window.source}): {dropped} few-shot example(s) fewer in the Generator's requests "
-                          "(stats.json: refitted, examples_dropped)[/yellow]")
+                          f"({self.window.source}): "
+                          + (f"{dropped} few-shot example(s) fewer" if dropped else "a few-shot example cut to "
+                             "fewer turns") + " in the Generator's requests (stats.json: refitted, examples_dropped, "
+                          "turns_capped)[/yellow]")
 
     def join(self, limit: int) -> None:
         """Another client of this endpoint, configured for at most `limit` requests at once."""
@@ -256,7 +258,7 @@ class LLM:
             if self.stop is not None and self.stop.requested:
                 return _SKIPPED  # not sent: the user asked the run to stop
             window = self.endpoint.window
-            if window is not fitted_to and window is not None and needed(request, window.chars_per_token) \
+            if window != fitted_to and window is not None and needed(request, window.chars_per_token) \
                     > window.tokens:
                 return _REFIT
             self.in_flight += 1
@@ -280,7 +282,7 @@ class LLM:
             if results[0].error is not None and self.stop is not None and self.stop.requested:
                 return _SKIPPED  # e.g. a retry given up for the stop: a re-run sends it again
             result = normalize(results[0], request)
-            said = cut(result, request, window) if window is not None or self.backend.may_cut_prompts else None
+            said = cut(result, request, window, self.backend.silent_cut)
             if said is None and window is not None and result.ok and result.usage.reported:
                 lower = corrected(window, request, result.usage.prompt_tokens)
                 if lower is not None:  # the estimate was short for this text: estimate longer from now on
@@ -326,10 +328,11 @@ class LLM:
             self.stats.add(request.stage, "context_window")
             self._progress.finished(request.stage, failed, self.endpoint)
             return failed
-        if dropped:
+        if dropped or capped:
             self.stats.add(request.stage, "refitted")
-            self.stats.add(request.stage, "examples_dropped", dropped)
             self.endpoint.fitted(dropped)
+        if dropped:
+            self.stats.add(request.stage, "examples_dropped", dropped)
         if capped:
             self.stats.add(request.stage, "turns_capped")
         return fitted
@@ -353,10 +356,11 @@ class LLM:
             if self.endpoint.window is None and result.error_reason == "prompt_cut":
                 # Guessed from the reply; the server may say it now (Ollama's /api/ps, once the model is loaded).
                 # The guess holds meanwhile, so that requests waiting for a slot are fitted to it.
-                self.endpoint.window = learned
+                guess = self.endpoint.window = learned
                 found = await optional(self.backend, "context_window")
                 learned = Window(found[0], found[1]) if found is not None else learned
-                self.endpoint.window = None  # learned below, and said
+                if self.endpoint.window is guess:  # no other reply learned one meanwhile
+                    self.endpoint.window = None  # learned below, and said
             self.endpoint.learn(learned)
             learn = False
 

@@ -145,7 +145,9 @@ class _BackendBatch:
         when the backend could not be built."""
         if self._backend is None:
             raise BackendError(self._fatal)
-        window = self._loop.run_until_complete(self._backend.context_window())
+        from personaloom.executors.local import optional
+
+        window = self._loop.run_until_complete(optional(self._backend, "context_window"))
         return self._backend.kind, self._backend.model_id, self._backend.max_concurrency, window
 
     async def _answer(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -282,7 +284,7 @@ class _RayBackend(Backend):
         self._wait_s = wait_s
         self._remote_args = remote_args
         self.kind = config.kind  # type: ignore[misc]  # replaced by the built backend's own below
-        self.may_cut_prompts = config.kind == "openai"
+        self.silent_cut = "maybe" if config.kind == "openai" else "never"
         self._model_id = ""
         self._window: tuple[int, str] | None = None
         # LLM's semaphore: enough requests in flight to fill one batch while the previous one runs.

@@ -10,9 +10,10 @@ dropped and the cap, or None when nothing fits; `cut(result, ...)` -> the error 
 tokens show that the server cut the prompt (Ollama truncates silently), with the window known or not;
 `corrected` and `counted_ratio` -> the characters per token measured by a reply's usage or the server's tokenizer.
 
-Prompt tokens are estimated from characters, `Window.chars_per_token` (3.0 unless a refusal or a reply's usage
-measured this server's tokenizer, only ever lowered): deterministic for a given window, so a resumed run fits
-every request as before and the response cache answers it. The windows learned are kept in the run directory
+Prompt tokens are estimated from characters, `Window.chars_per_token` (3.0 unless a refusal or a long prompt's
+reported usage measured this server's tokenizer, only ever lowered): deterministic for a given window and ratio,
+so a resumed run fits every request as before and the response cache answers it (a ratio lowered mid-run fits
+the later requests more tightly: those may be fitted anew). The windows learned are kept in the run directory
 (context_windows.json).
 """
 
@@ -90,16 +91,18 @@ def refusal(error: str, request: ChatRequest) -> Window | None:
     return Window(tokens, "learned from the server's refusal", round(ratio, 3))
 
 
-def cut(result: ChatResult, request: ChatRequest, window: Window | None) -> str | None:
+def cut(result: ChatResult, request: ChatRequest, window: Window | None, silent: str = "ollama") -> str | None:
     """The error of a reply to a prompt the server cut (Ollama does, silently, at its num_ctx), or None; it names
     the window ("context window is N tokens"), which `refusal` reads back.
 
     With the window known: a fitted prompt leaves max_tokens and a margin free in it, so a reported prompt at
-    the window was truncated (the estimate was short: a script it counts badly, say). With the window unknown:
-    a prompt of at least CUT_AT estimated tokens reported at exactly a power of two no larger than the
-    estimate (Ollama's runner keeps num_ctx tokens: 2,048 or 4,096 unless set), or at under half the estimate
-    (Ollama drops whole messages until the prompt fits num_ctx, and the estimate errs long, never by half):
-    the window is taken to be that power of two, or the one at or above the reported count."""
+    the window was truncated (the estimate was short: a script it counts badly, say). With the window unknown
+    and `silent` (Backend.silent_cut) not "never": a prompt of at least CUT_AT estimated tokens reported at
+    under half the estimate (Ollama drops whole messages until the prompt fits num_ctx, and the estimate errs
+    long, never by half), or, from a server known to be Ollama (`silent` "ollama"), at exactly a power of two
+    no larger than the estimate (its runner keeps num_ctx tokens: 2,048 or 4,096 unless set; from another
+    server a prompt of exactly 2,048 tokens is no sign): the window is taken to be that power of two, or the
+    one at or above the reported count."""
     used = result.usage.prompt_tokens
     if not result.ok or not result.usage.reported or used <= 0:
         return None
@@ -109,7 +112,8 @@ def cut(result: ChatResult, request: ChatRequest, window: Window | None) -> str 
         return (f"the server cut the prompt: it counted {used} prompt tokens, at its context window of "
                 f"{window.tokens} tokens ({window.source}), so the reply followed a prompt without its start")
     guess = estimate(request)
-    if guess < CUT_AT or used > guess or (used & (used - 1) and 2 * used >= guess):
+    power = silent == "ollama" and not used & (used - 1)
+    if silent == "never" or guess < CUT_AT or used > guess or (not power and 2 * used >= guess):
         return None
     size = 1 << (used - 1).bit_length()
     return (f"the server cut the prompt: it counted {used} prompt tokens of about {guess} sent, so its context "
@@ -121,8 +125,8 @@ def corrected(window: Window, request: ChatRequest, used: int) -> Window | None:
     """`window` with fewer characters per token when a reply's reported prompt tokens (`used`) show that the
     estimate was short (a script or text the tokenizer splits finely), else None. Only ever lowered: a fit
     decision changes only where the old estimate would have let a request through that the server refuses."""
-    if used <= estimate(request, window.chars_per_token):
-        return None
+    if used <= estimate(request, window.chars_per_token) or estimate(request) < CUT_AT:
+        return None  # a short prompt's chat-template tokens would skew the ratio
     ratio = 0.9 * prompt_chars(request) / max(1, used - _PER_MESSAGE * len(request.messages))
     return Window(window.tokens, window.source, round(max(1.0, min(ratio, window.chars_per_token)), 3))
 
