@@ -69,6 +69,11 @@ class SamplingParams(Sampling):
     seed: int | None = None
 
 
+# Tokens of one chat message beyond its text (role and separators of the chat template): what a token count
+# of the text alone leaves out (executors/window.py, the backends' count_tokens).
+PER_MESSAGE_TOKENS = 4
+
+
 class ChatRequest(Record):
     messages: list[Message]
     params: SamplingParams = Field(default_factory=SamplingParams)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from personaloom.backends.base import Backend
-from personaloom.chat import ChatRequest, ChatResult, Usage
+from personaloom.chat import PER_MESSAGE_TOKENS, ChatRequest, ChatResult, Usage
 from personaloom.config import BackendConfig
 from personaloom.errors import BackendError
 
@@ -160,7 +160,7 @@ class EmbeddedBackend(Backend):
             tokens = self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         except Exception:  # the boundary to a C library: then the estimate is used
             return None
-        return len(tokens) + 4 * len(request.messages)
+        return len(tokens) + PER_MESSAGE_TOKENS * len(request.messages)
 
     async def agenerate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         results: list[ChatResult] = []

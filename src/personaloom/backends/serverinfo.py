@@ -27,10 +27,9 @@ from typing import Any, Literal
 
 import openai
 
-from personaloom.chat import ChatRequest
+from personaloom.chat import PER_MESSAGE_TOKENS, ChatRequest
 
 PROBE_S = 5.0
-_PER_MESSAGE = 4  # role and separators of one chat message, for a tokenizer that is given the text only
 _NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)\s*$", re.MULTILINE)
 
 
@@ -110,7 +109,7 @@ class Tokenizer:
     async def count(self, client: openai.AsyncOpenAI, request: ChatRequest) -> int | None:
         messages = [m.model_dump() for m in request.messages]
         text = "\n".join(m.content for m in request.messages)
-        overhead = _PER_MESSAGE * len(messages)
+        overhead = PER_MESSAGE_TOKENS * len(messages)  # a tokenizer given the text only
         for form in [self.form] if self.form is not None else ["vllm", "llama.cpp", "llama-cpp-python"]:
             found: int | None = None
             if form == "vllm":

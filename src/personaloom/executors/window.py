@@ -25,6 +25,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from personaloom.chat import PER_MESSAGE_TOKENS as _PER_MESSAGE
 from personaloom.chat import ChatRequest, ChatResult
 
 # Characters per prompt token assumed when nothing was measured: below English BPE's ~4, so that the estimate
@@ -32,7 +33,6 @@ from personaloom.chat import ChatRequest, ChatResult
 CHARS_PER_TOKEN = 3.0
 # Tokens kept free beyond prompt + max_tokens: chat-template tokens the character count cannot see.
 MARGIN = 32
-_PER_MESSAGE = 4  # role and separators of one chat message
 # Turns the one example left is capped to, in turn, when even it does not fit whole.
 CAPS = (8, 4, 2)
 # Below this many estimated prompt tokens a low reported count tells nothing about a cut (see `cut`).
