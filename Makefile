@@ -3,6 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
+# Tests run in two processes, a test file each at a time (module fixtures stay shared): the embedded model's
+# llama.cpp uses half the cores (backends/llamacpp.py default_threads), so a second process has the other half.
+PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: install run test lint unit docs bench clean
 
@@ -29,11 +33,11 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Fast loop while developing: no slow (model-loading, end-to-end) tests.
 unit: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The API reference from the docstrings (pdoc, offline) into build/docs; a broken reference fails (make test
 # builds it too, in tests/test_api.py).

@@ -1,5 +1,6 @@
 """The package's shape (CONTRIBUTING.md): no import cycles, counting imports inside functions; only the
-executor calls an LLM client; backends hold no concurrency bound of their own."""
+executor calls an LLM client; backends hold no concurrency bound of their own; pipeline.py stays
+orchestration, within 400 lines."""
 
 from __future__ import annotations
 
@@ -44,3 +45,9 @@ def test_only_the_executor_calls_an_llm_client() -> None:
 def test_backends_hold_no_semaphore() -> None:
     for path in (SRC / "backends").glob("*.py"):
         assert "Semaphore" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_the_pipeline_is_orchestration_within_400_lines() -> None:
+    # Issue 30: stage order, checkpoints and resume only; helpers live in rundir.py, stages/, collector.py.
+    lines = (SRC / "pipeline.py").read_text(encoding="utf-8").count("\n")
+    assert lines <= 400, f"pipeline.py is {lines} lines: move what is not orchestration out"

@@ -19,11 +19,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from personaloom.backends.fake import demo_http_reply, infer_stage
 from personaloom.decontaminate import References
-from personaloom.dedup import THRESHOLD, Deduplicator, conversation_words, deduplicate, shingles
+from personaloom.dedup import THRESHOLD, BandTable, Deduplicator, band_keys, conversation_words, deduplicate, shingles
 from personaloom.io import write_jsonl
 from personaloom.records import Conversation, Turn
 from pipeline_server import cli_env, demo_server, read_jsonl
@@ -109,6 +110,31 @@ def test_a_conversation_is_a_near_duplicate_exactly_above_the_threshold(replaced
         assert found.kept_id == "a" and found.kind == ("exact" if replaced == 0 else "near")
         assert abs(found.similarity - true) < 0.1  # an estimate of the true Jaccard similarity
     assert dedup.counts()["checked"] == 2
+
+
+def test_the_band_table_returns_every_row_of_a_key_across_doublings() -> None:
+    table = BandTable(capacity=16)
+    rng = np.random.default_rng(1)
+    keys = rng.integers(1, 2**32, size=(3000, 8), dtype=np.uint32)
+    keys[2999] = keys[5]  # one conversation with another's bands: both rows under each key
+    for row, own in enumerate(keys):
+        table.add(own, np.full(own.size, row, dtype=np.uint32))
+    assert table.size == 24_000 and len(table._keys) == 65_536  # doubled 12 times, at most 60% full
+    for row in (0, 5, 1234, 2998):
+        found = set(table.rows(keys[row]).tolist())
+        assert row in found and (row == 5) == (2999 in found)
+    assert set(table.rows(keys[5]).tolist()) >= {5, 2999}
+    absent = np.setdiff1d(rng.integers(1, 2**32, size=100, dtype=np.uint32), keys)
+    assert absent.size and table.rows(absent).size == 0  # a key never stored gives no row
+
+
+def test_band_keys_match_exactly_where_the_signature_bands_match() -> None:
+    signature = np.arange(128, dtype=np.uint32) * 7919
+    other = signature.copy()
+    other[5] += 1  # band 1 of 32 (values 4-7) differs
+    a, b = band_keys(signature, 32), band_keys(other, 32)
+    assert a.dtype == np.uint32 and a.all() and len(set(a.tolist())) == 32
+    assert (a == b).tolist() == [i != 1 for i in range(32)]
 
 
 def test_exact_duplicates_ignore_case_punctuation_and_speaker_labels() -> None:

@@ -16,37 +16,39 @@ every failed call is listed in failures.jsonl. Ctrl-C writes what was kept so fa
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
-import math
 import time
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from personaloom import stagenames as names
 from personaloom.calibrate.command import prepare
+from personaloom.collector import quiet_collector
 from personaloom.config import RunConfig, dump_config
 from personaloom.console import console
 from personaloom.decontaminate import check_sources
-from personaloom.errors import BackendError, InputError, OutputError
+from personaloom.errors import InputError
 from personaloom.executors.clients import Clients
 from personaloom.fingerprint import fingerprint
 from personaloom.fsutil import atomic_write_text, ensure_dir
+from personaloom.io import write_jsonl
 from personaloom.prompts import catalog
 from personaloom.records import Attribute, Conversation, Pair, Profile, Question, Scenario
 from personaloom.rundir import (
+    Attempt,
     RunState,
     earlier_usage,
     files_fingerprint,
     print_table1,
     print_totals,
     read_json,
+    read_stage_output,
     remove_stale_temp,
     write_dataset,
     write_stats,
+    write_stopped_stats,
 )
 from personaloom.seed_data import SeedSet, load_seed_set
 from personaloom.stages.iteration import (
@@ -55,10 +57,11 @@ from personaloom.stages.iteration import (
     dataset_summary,
     in_flight_window,
     next_pool,
+    next_round,
     read_selected,
     split_rounds,
 )
-from personaloom.stats import Stats, first_line
+from personaloom.stats import Stats
 from personaloom.stop import RunStopped, StopSignal
 from personaloom.traits import assign_to_pair, assign_to_profiles
 
@@ -94,56 +97,15 @@ class Pipeline:
         if self._embedder is None:
             from personaloom.embed import Embedder
 
-            self._embedder = Embedder(
-                self.config.embed.model,
-                cache_path=self.out / "embeddings.sqlite",
-                batch_size=self.config.embed.batch_size,
-            )
+            emb = self.config.embed
+            self._embedder = Embedder(emb.model, cache_path=self.out / "embeddings.sqlite", batch_size=emb.batch_size)
         return self._embedder
 
     def _path(self, name: str) -> Path:
         return self.out / name
 
     def _read(self, name: str, model: type[Any]) -> list[Any]:
-        from personaloom.io import read_jsonl
-
-        path = self._path(name)
-        if not path.exists():
-            raise InputError(
-                f"{name} not found in {self.out}: run the previous stage first (or `personaloom run`)",
-                path=path,
-            )
-        return read_jsonl(path, model)
-
-    def _write(self, name: str, records: Sequence[Any]) -> None:
-        from personaloom.io import write_jsonl
-
-        write_jsonl(self._path(name), records)
-
-    def _calls(self, *prefixes: str) -> dict[str, tuple[int, int]]:
-        """(calls, failed calls) so far per stage-name prefix, to compare after a stage."""
-        return {p: self.stats.stage_errors(p)[:2] for p in prefixes}
-
-    def _check_alive(self, stage: str, before: dict[str, tuple[int, int]]) -> None:
-        """Stop the run when every LLM call `stage` made (per prefix, since `before`) failed: its output
-        would be empty, and the next stage would fail with a message that names no cause."""
-        for prefix, (calls_before, failed_before) in before.items():
-            calls, failed, first = self.stats.stage_errors(prefix)
-            calls, failed = calls - calls_before, failed - failed_before
-            if calls and failed == calls:
-                raise BackendError(f"{stage}: all {calls} LLM calls failed; the server said: {first}")
-
-    def _mark(self, stage: str, fingerprint: str, errors_before: int) -> None:
-        """Checkpoint a stage, unless some of its LLM calls failed: then the next run redoes it (its
-        successful calls come from the cache) instead of trusting a result made without them."""
-        failed = self.stats.llm["errors"] - errors_before
-        if failed:
-            console.print(
-                f"[yellow]{stage}: {failed} LLM calls failed after retries; its output is kept but the stage "
-                f"will be redone on the next run (successful calls are cached)[/yellow]"
-            )
-            return
-        self.state.mark(stage, fingerprint)
+        return read_stage_output(self.out, name, model)
 
     # -- stages --------------------------------------------------------------------------------
     async def expand(self) -> list[Attribute]:
@@ -160,22 +122,22 @@ class Pipeline:
             return attributes
         from personaloom.stages.expansion import expand
 
-        errors, before = self.stats.llm["errors"], self._calls("expand")
+        attempt = Attempt(self.stats, self.state, "expand")
         with self.stats.stage("expand") as st:
             seeds = self.seed_set.attributes
             if self.seed_set.personas:
                 seeds = await self._describe_personas(st)
             result = await expand(seeds, self.embedder, self.clients.main, cfg.expand, cfg.sampling, cfg.seed)
-            self._write("attributes.jsonl", result.attributes)
-            self._write("questions.jsonl", [Question(text=q) for q in result.questions])
+            write_jsonl(self._path("attributes.jsonl"), result.attributes)
+            write_jsonl(self._path("questions.jsonl"), [Question(text=q) for q in result.questions])
             summary = {"table1": result.table, "rejections": dict(result.rejections)}
             atomic_write_text(self._path("expansion.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
             new = sum(a.source == "generated" for a in result.attributes)
             st.update(summary, attributes=len(result.attributes), seed_attributes=len(result.attributes) - new,
                       new_attributes=new, questions=len(result.questions), bootstrap_attempts=result.attempts)
-        self._check_alive("expand", before)
+        attempt.check_alive("expand")
         self.stats.extra["expansion"] = result.table
-        self._mark("expand", fp, errors)
+        attempt.mark("expand", fp)
         print_table1(result.table)
         return list(result.attributes)
 
@@ -186,7 +148,7 @@ class Pipeline:
         cfg = self.config
         described = await describe_personas(self.seed_set.personas, self.embedder, self.clients.main, cfg.expand,
                                             cfg.sampling, cfg.seed)
-        self._write("personas.jsonl", described.profiles)
+        write_jsonl(self._path("personas.jsonl"), described.profiles)
         st["personas"] = len(described.profiles)
         st["persona_rejections"] = described.rejections
         console.print(f"personas: {len(described.profiles)} of {len(self.seed_set.personas)} sampled personas give "
@@ -208,7 +170,7 @@ class Pipeline:
             return profiles
         from personaloom.stages.profiles import build_profiles
 
-        errors, before = self.stats.llm["errors"], self._calls("profiles")
+        attempt = Attempt(self.stats, self.state, "profiles")
         with self.stats.stage("profiles") as st:
             # A persona collection's personas are the first profiles; random ones make up the rest.
             personas = [p.model_copy(update={"attributes": p.attributes[: cfg.profiles.size],
@@ -218,11 +180,11 @@ class Pipeline:
             result = await build_profiles(attributes, self.embedder, self.clients.main, rest, cfg.sampling, cfg.seed,
                                           in_flight_window(cfg))
             result.profiles = assign_to_profiles([*personas, *result.profiles], cfg.big_five, cfg.seed)
-            self._write("profiles.jsonl", result.profiles)
+            write_jsonl(self._path("profiles.jsonl"), result.profiles)
             st["profiles"] = len(result.profiles)
             st["rejections"] = dict(result.rejections)
-        self._check_alive("profiles", before)
-        self._mark("profiles", fp, errors)
+        attempt.check_alive("profiles")
+        attempt.mark("profiles", fp)
         rej = ", ".join(f"{k} {v}" for k, v in sorted(result.rejections.items())) or "none"
         console.print(f"profiles: {len(result.profiles)} profiles (rejected candidates: {rej})")
         return list(result.profiles)
@@ -249,7 +211,7 @@ class Pipeline:
                 pairs.extend(pair_profiles(profiles, attributes, pair_cfg, cfg.seed))
             by_id = {p.id: p for p in profiles}
             pairs = [assign_to_pair(p, cfg.big_five, cfg.seed, by_id) for p in pairs]
-            self._write("pairs.jsonl", pairs)
+            write_jsonl(self._path("pairs.jsonl"), pairs)
             st["pairs"] = len(pairs)
         self.state.mark("pair", fp)
         console.print(f"pair: {len(pairs)} pairs")
@@ -257,13 +219,14 @@ class Pipeline:
 
     async def generate(self, pairs: list[Pair]) -> KeptConversations:
         """K rounds over the first generate.pairs pairs; with generate.target_kept, rounds over pairs.jsonl
-        until that many are kept (see `_next_round`). The kept conversations, in round order, on disk
+        until that many are kept (see `next_round`). The kept conversations, in round order, on disk
         (memory holds the few-shot pool: the seeds and the last FEWSHOT_POOL_MAX winners)."""
         cfg = self.config
         gen = cfg.generate
         # Pairs made before --big-five was asked for (or written by hand) get their levels here, from
         # profiles.jsonl where it has them.
-        profiles = self._profiles_by_id() if cfg.big_five.active else {}
+        has_profiles = cfg.big_five.active and self._path("profiles.jsonl").exists()
+        profiles = {p.id: p for p in self._read("profiles.jsonl", Profile)} if has_profiles else {}
         usable = pairs if gen.target_kept is not None else pairs[: gen.pairs]
         chosen = [assign_to_pair(p, cfg.big_five, cfg.seed, profiles) for p in usable]
         if not chosen:
@@ -280,7 +243,7 @@ class Pipeline:
         kept = 0
         summaries: list[dict[str, Any]] = []
         upstream, used = self.state.done.get("pair"), 0
-        while (round_pairs := planned.pop(0) if planned else self._next_round(chosen, used, kept)):
+        while (round_pairs := planned.pop(0) if planned else next_round(chosen, used, kept, gen.target_kept)):
             used += len(round_pairs)
             k = len(summaries) + 1
             folder = self.out / "iterations" / str(k)
@@ -312,24 +275,15 @@ class Pipeline:
                          files_fingerprint(*sc.sources(gen)))
         if self.state.is_done(sc.STAGE, fp, self._path("scenarios.jsonl")):
             return self._read("scenarios.jsonl", Scenario)
-        errors = self.stats.llm["errors"]
+        attempt = Attempt(self.stats, self.state)
         with self.stats.stage(sc.STAGE) as st:
             built = await sc.build_scenarios(gen, self.clients.role, self.embedder, self.config.sampling,
                                              self.config.seed)
             st.update(built.counts)
-        self._write("scenarios.jsonl", built.scenarios)
-        self._mark(sc.STAGE, fp, errors)
+        write_jsonl(self._path("scenarios.jsonl"), built.scenarios)
+        attempt.mark(sc.STAGE, fp)
         console.print(f"scenarios: {len(built.scenarios)} ({', '.join(f'{k} {v}' for k, v in built.counts.items())})")
         return built.scenarios
-
-    def _next_round(self, chosen: list[Pair], used: int, kept: int) -> list[Pair]:
-        """--target-kept: the next round's pairs, as many as the keep rate so far says the rest needs
-        ([] when enough are kept, or the pairs ran out). A round with nothing kept yet assumes 1 in 4."""
-        target = self.config.generate.target_kept
-        if target is None or kept >= target or used >= len(chosen):
-            return []
-        rate = kept / used if kept else (0.25 if used else 1.0)
-        return chosen[used : used + math.ceil((target - kept) / rate)]
 
     async def _iteration(self, k: int, round_pairs: list[Pair], pool: list[Conversation],
                          upstream: str | None) -> tuple[list[Conversation], str]:
@@ -345,10 +299,17 @@ class Pipeline:
             selected, n = read_selected(selected_path)
             console.print(f"[dim]iteration {k}: up to date ({n} kept)[/dim]")
             return selected, fp
-        errors, before = self.stats.llm["errors"], self._calls("generate", "critic")
-        selected = await self._round(k, round_pairs, pool, folder)
-        self._check_alive(f"iteration {k}", before)
-        self._mark(f"generate.{k}", fp, errors)
+        from personaloom.stages.iteration import run_iteration
+
+        attempt = Attempt(self.stats, self.state, "generate", "critic")
+        with self.stats.stage(f"iteration.{k}") as st:
+            selected, summary = await run_iteration(k, round_pairs, pool, self.clients.role, self.config, self.stats,
+                                                    folder)
+            st.update(summary)
+        console.print(f"iteration {k}: {summary['pairs']} pairs, {summary['candidates']} candidates, kept "
+                      f"{summary['kept']}, failures {summary['failures']}")
+        attempt.check_alive(f"iteration {k}")
+        attempt.mark(f"generate.{k}", fp)
         return selected, fp
 
     def _personas(self) -> list[Profile]:
@@ -356,25 +317,7 @@ class Pipeline:
         path = self._path("personas.jsonl")
         return self._read("personas.jsonl", Profile) if self.seed_set.personas and path.exists() else []
 
-    def _profiles_by_id(self) -> dict[str, Profile]:
-        exists = self._path("profiles.jsonl").exists()
-        return {p.id: p for p in self._read("profiles.jsonl", Profile)} if exists else {}
 
-    async def _round(self, k: int, pairs: list[Pair], pool: list[Conversation], folder: Path) -> list[Conversation]:
-        from personaloom.stages.iteration import run_iteration
-
-        with self.stats.stage(f"iteration.{k}") as st:
-            selected, summary = await run_iteration(k, pairs, pool, self.clients.role, self.config, self.stats, folder)
-            st.update(summary)
-        console.print(f"iteration {k}: {summary['pairs']} pairs, {summary['candidates']} candidates, kept "
-                      f"{summary['kept']}, failures {summary['failures']}")
-        return selected
-
-    async def write_report(self) -> None:
-        from personaloom.evaluate.suite import evaluate
-
-        with self.stats.stage("report"):
-            await evaluate(self.out, None, self.out, judge=None, seed=self.config.seed)
 
 
 async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConversations | None:
@@ -387,7 +330,7 @@ async def _run_async(pipe: Pipeline, until: str, only: str | None) -> KeptConver
         attributes = pipe._read("attributes.jsonl", Attribute) if skip("expand") else await pipe.expand()
         if until == "expand":
             return None
-        gc.freeze()  # see run()
+        gc.freeze()  # see personaloom.collector
         profiles = pipe._read("profiles.jsonl", Profile) if skip("profiles") else await pipe.profiles(attributes)
         if until == "profiles":
             return None
@@ -408,20 +351,8 @@ async def execute(config: RunConfig, until: str = "all", only: str | None = None
     `calibrate`, the judges are measured first (calibrate/command.py: warnings, calibrated weights). `stop`:
     the run's StopSignal (its `request()` stops it gracefully; RunStopped is raised once what was kept is
     written); `progress`: the display (None auto, True shown, False none). Raises PersonaloomError subclasses."""
-    # The imports' objects (and after expand, the embedding model's; after pairing, the pairs) live as long
-    # as the run: frozen, the cyclic collector stops rescanning them on every full collection (measured:
-    # -19% CPU of a 1,000-pair run; a larger first generation: -5% more). Refcounting still frees them.
-    # The caller's collector settings come back afterwards (a caller's own frozen objects stay frozen).
-    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    try:
-        with catalog.applied(config.prompts.dir):  # checked first: a broken template costs no call
-            await _execute(config, until, only, calibrate, stop, progress)
-    finally:
-        gc.set_threshold(*threshold)
-        if not frozen:
-            gc.unfreeze()
+    with quiet_collector(), catalog.applied(config.prompts.dir):  # checked first: a broken template costs no call
+        await _execute(config, until, only, calibrate, stop, progress)
 
 
 def run(config: RunConfig, until: str = "all", only: str | None = None, calibrate: bool = False) -> None:
@@ -444,23 +375,20 @@ async def _execute(config: RunConfig, until: str, only: str | None, calibrate: b
         conversations = await _run_async(pipe, until, only)
         pipe.stats.extra["partial"] = pipe.partial
         if conversations is not None:
+            from personaloom.evaluate.suite import evaluate
+
             with pipe.stats.stage("write"):
                 write_dataset(pipe.out, conversations, config, pipe.stats, pipe.seed_set.name)
                 # The report shows this invocation's usage: stats.json first (written again at the end).
                 write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
-            await pipe.write_report()
+            with pipe.stats.stage("report"):
+                await evaluate(pipe.out, None, pipe.out, judge=None, seed=config.seed)
             console.print(
                 f"[bold]wrote {pipe.stats.conversations} conversations[/bold] to {pipe.out / 'conversations.jsonl'} "
                 f"(also spc.csv, dataset/, README.md, stats.json, report.html)"
             )
     except BaseException as exc:
-        # Counters of this invocation are worth keeping even when it stopped early, but failing to
-        # write them (disk full) must not hide the error that stopped the run.
-        pipe.stats.extra["partial"] = True
-        # What stopped it: the dataset files, if any, are then those of the last invocation that finished.
-        pipe.stats.extra["stopped_by"] = first_line(str(exc)) or type(exc).__name__
-        with contextlib.suppress(OutputError):
-            write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
+        write_stopped_stats(pipe.out, pipe.stats, exc, time.perf_counter() - started, pipe.earlier, config.prices)
         raise
     write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
     print_totals(pipe.stats, time.perf_counter() - started)

@@ -16,17 +16,21 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from rich.table import Table
 
 from personaloom.config import PricesConfig, RunConfig
 from personaloom.console import console
+from personaloom.errors import BackendError, InputError, OutputError
 from personaloom.fsutil import atomic_write_text
-from personaloom.io import write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
+from personaloom.io import read_jsonl, write_dataset_card, write_hf_dataset, write_jsonl, write_spc_csv
 from personaloom.records import Conversation, Failure
 from personaloom.redact import redact, redact_data
-from personaloom.stats import Stats
+from personaloom.stats import Stats, first_line
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -50,6 +54,37 @@ class RunState:
     def mark(self, stage: str, fingerprint: str) -> None:
         self.done[stage] = fingerprint
         atomic_write_text(self.path, json.dumps({"done": self.done}, indent=2, sort_keys=True) + "\n")
+
+
+class Attempt:
+    """One attempt at a checkpointed stage: the LLM calls it makes from its start, per stage-name prefix.
+
+    `check_alive(label)` raises BackendError (with the server's first words) when every call of a prefix
+    failed: the output would be empty and the next stage would fail naming no cause. `mark(key, fp)`
+    checkpoints the stage in `state`, unless some calls failed: then the next run redoes it (its successful
+    calls come from the cache) instead of trusting a result made without them."""
+
+    def __init__(self, stats: Stats, state: RunState, *prefixes: str) -> None:
+        self.stats, self.state = stats, state
+        self.errors = stats.llm["errors"]
+        self.before = {p: stats.stage_errors(p)[:2] for p in prefixes}
+
+    def check_alive(self, label: str) -> None:
+        for prefix, (calls_before, failed_before) in self.before.items():
+            calls, failed, first = self.stats.stage_errors(prefix)
+            calls, failed = calls - calls_before, failed - failed_before
+            if calls and failed == calls:
+                raise BackendError(f"{label}: all {calls} LLM calls failed; the server said: {first}")
+
+    def mark(self, key: str, fingerprint: str) -> None:
+        failed = self.stats.llm["errors"] - self.errors
+        if failed:
+            console.print(
+                f"[yellow]{key}: {failed} LLM calls failed after retries; its output is kept but the stage "
+                f"will be redone on the next run (successful calls are cached)[/yellow]"
+            )
+            return
+        self.state.mark(key, fingerprint)
 
 
 def remove_stale_temp(out: Path) -> None:
@@ -107,6 +142,15 @@ def write_dataset(out: Path, conversations: Iterable[Conversation], config: RunC
 USAGE_KEYS = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "usage_unknown", "errors")
 
 
+def read_stage_output(out: Path, name: str, model: type[M]) -> list[M]:
+    """The records of `out`/`name` (a stage's JSONL output) as `model`s. Raises InputError when the file is missing
+    (the previous stage has not run) or unreadable."""
+    path = out / name
+    if not path.exists():
+        raise InputError(f"{name} not found in {out}: run the previous stage first (or `personaloom run`)", path=path)
+    return read_jsonl(path, model)
+
+
 def earlier_usage(out: Path) -> dict[str, Any]:
     """The usage of every earlier invocation on this run directory: the last stats.json's `total` (or, from
     a stats.json without one, its own figures); {} for a new run directory."""
@@ -156,6 +200,17 @@ def write_stats(out: Path, stats: Stats, wall_s: float, earlier: dict[str, Any] 
     failed = [Failure(stage=stage, item_id=item or stage, reason="llm_error", detail=redact(message))
               for stage, item, message in stats.failed_calls]
     write_jsonl(out / "failures.jsonl", failed)
+
+
+def write_stopped_stats(out: Path, stats: Stats, exc: BaseException, wall_s: float, earlier: dict[str, Any],
+                        prices: PricesConfig) -> None:
+    """stats.json of an invocation that `exc` stopped: `partial`, and `stopped_by` naming what stopped it (the
+    dataset files, if any, are then those of the last invocation that finished). This invocation's counters
+    are worth keeping, but failing to write them (disk full) must not hide the error that stopped the run."""
+    stats.extra["partial"] = True
+    stats.extra["stopped_by"] = first_line(str(exc)) or type(exc).__name__
+    with contextlib.suppress(OutputError):
+        write_stats(out, stats, wall_s, earlier, prices)
 
 
 def print_table1(table: dict[str, Any]) -> None:

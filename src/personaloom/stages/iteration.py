@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -237,6 +238,16 @@ def split_rounds(items: list[Pair], k: int) -> list[list[Pair]]:
         out.append(items[start : start + size])
         start += size
     return out
+
+
+def next_round(chosen: list[Pair], used: int, kept: int, target: int | None) -> list[Pair]:
+    """--target-kept: the next round's pairs of `chosen` (`used` of them used so far, `kept` conversations
+    kept), as many as the keep rate so far says the rest needs ([] when `target` is None or reached, or the
+    pairs ran out). A round with nothing kept yet assumes 1 in 4."""
+    if target is None or kept >= target or used >= len(chosen):
+        return []
+    rate = kept / used if kept else (0.25 if used else 1.0)
+    return chosen[used : used + math.ceil((target - kept) / rate)]
 
 
 def next_pool(seeds: Sequence[Conversation], winners: Sequence[Conversation],
