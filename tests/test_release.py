@@ -124,6 +124,9 @@ def test_the_band_table_returns_every_row_of_a_key_across_doublings() -> None:
         found = set(table.rows(keys[row]).tolist())
         assert row in found and (row == 5) == (2999 in found)
     assert set(table.rows(keys[5]).tolist()) >= {5, 2999}
+    big = BandTable(capacity=10)  # rounded up to a power of two; a batch larger than the table grows it first
+    big.add(np.arange(1, 101, dtype=np.uint32), np.arange(100, dtype=np.uint32))
+    assert sorted(big.rows(np.array([1, 100], dtype=np.uint32)).tolist()) == [0, 99] and big.size == 100
     absent = np.setdiff1d(rng.integers(1, 2**32, size=100, dtype=np.uint32), keys)
     assert absent.size and table.rows(absent).size == 0  # a key never stored gives no row
 

@@ -117,9 +117,10 @@ def test_server_gone_mid_run_exits_2_with_one_line_and_keeps_finished_work(tmp_p
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("personaloom: error: "), errors
     assert "127.0.0.1" in errors[0] and "base-url" in errors[0]
-    assert gave_up_s < 120  # bounded retries, not a hang
     # What stopped it is in stats.json, and the calls that met it are counted and listed.
     stats = json.loads((out / "stats.json").read_text())
+    # Bounded retries, not a hang (communicate's timeout catches that): at most max_retries (5) per failed call.
+    assert stats["llm"]["retries"] <= 5 * stats["llm"]["errors"], stats["llm"]
     assert stats["partial"] is True and "cannot reach" in stats["stopped_by"] and stats["llm"]["errors"] >= 1
     assert any("cannot reach" in f["detail"] for f in read_jsonl(out / "failures.jsonl"))
     # Finished work is kept, intact.

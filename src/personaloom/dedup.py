@@ -97,6 +97,7 @@ class BandTable:
     a rare unrelated row comes back too: the caller compares signatures."""
 
     def __init__(self, capacity: int = 1 << 16) -> None:
+        capacity = 1 << max(3, (capacity - 1).bit_length())  # a power of two: probing wraps by a mask
         self._keys = np.zeros(capacity, dtype=np.uint32)
         self._rows = np.zeros(capacity, dtype=np.uint32)
         self._bits = capacity.bit_length() - 1
@@ -120,7 +121,7 @@ class BandTable:
 
     def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Store row `rows[i]` under `keys[i]` (uint32 arrays of one length)."""
-        if (self.size + keys.size) * 5 > len(self._keys) * 3:
+        while (self.size + keys.size) * 5 > len(self._keys) * 3:
             old_keys, old_rows = self._keys, self._rows
             self._keys = np.zeros(2 * len(old_keys), dtype=np.uint32)
             self._rows = np.zeros(len(self._keys), dtype=np.uint32)

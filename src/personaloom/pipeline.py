@@ -375,12 +375,12 @@ async def _execute(config: RunConfig, until: str, only: str | None, calibrate: b
         conversations = await _run_async(pipe, until, only)
         pipe.stats.extra["partial"] = pipe.partial
         if conversations is not None:
-            from personaloom.evaluate.suite import evaluate
-
             with pipe.stats.stage("write"):
                 write_dataset(pipe.out, conversations, config, pipe.stats, pipe.seed_set.name)
                 # The report shows this invocation's usage: stats.json first (written again at the end).
                 write_stats(pipe.out, pipe.stats, time.perf_counter() - started, pipe.earlier, config.prices)
+            from personaloom.evaluate.suite import evaluate
+
             with pipe.stats.stage("report"):
                 await evaluate(pipe.out, None, pipe.out, judge=None, seed=config.seed)
             console.print(
