@@ -5,8 +5,9 @@ PIP := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 # Tests run in two processes, a test file each at a time (module fixtures stay shared): the embedded model's
 # llama.cpp uses half the cores (backends/llamacpp.py default_threads), so a second process has the other half.
+# Files go in collection order, the longest first (tests/conftest.py), not xdist's most-tests-first.
 PYTEST_WORKERS ?= 2
-XDIST = -n $(PYTEST_WORKERS) --dist loadfile
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test lint unit docs bench clean
 
