@@ -16,8 +16,8 @@ bands of 4 values at 0.7). A candidate is a duplicate when its estimated similar
 The MinHash library is rensa (Rust): signature, LSH query and insert measured at 22 us a conversation against
 datasketch's 531 us on the same 20,000 (bench/dedup.py --compare). Its LSH index, though, holds about 2.6 KB per
 conversation at 32 bands (4.9 GB peak for a million; datasketch's about 4 KB), so the band keys are kept here in
-one open-addressing table of 32-bit keys and 32-bit row numbers (`BandTable`, 8 bytes a slot, at most 60% full):
-per kept conversation 32 band keys (~430 bytes), its signature (512 bytes, in fixed blocks that never move), its
+one open-addressing table of 32-bit keys and 32-bit row numbers (`BandTable`, 8 bytes a slot, 30-60% full). Per
+kept conversation: 32 band keys (430-850 bytes), its signature (512 bytes, in fixed blocks that never move), its
 id and its exact-text hash: 1.3 GB peak for a million, 291 s on one core (bench/dedup.py).
 """
 
